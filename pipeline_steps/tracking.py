@@ -224,11 +224,16 @@ class StageRun:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log numeric metrics (non-numeric values are skipped) at ``step``."""
+        self.log_metric_rows([(metrics, step or 0)])
+
+    def log_metric_rows(self, rows: list[tuple[dict[str, float], int]]) -> None:
+        """Log several ``(metrics, step)`` rows in as few store writes as possible (non-numeric values skipped)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [
-            Metric(k, float(v), now, step or 0)
+            Metric(k, float(v), now, step)
+            for metrics, step in rows
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         ]
