@@ -156,3 +156,26 @@ def test_hung_server_times_out_naming_uri(tmp_path: Path) -> None:
     assert "127.0.0.1" in proc.stderr and str(server.port) in proc.stderr
     assert elapsed < 45.0, elapsed
     assert not (tmp_path / "r" / tracking.PARENT_FILE).exists()
+
+
+def test_snakemake_with_unreachable_server_runs_no_stage(tmp_path: Path) -> None:
+    """The whole workflow against a closed port: Snakemake's onstart fails within seconds naming the
+    URI, before any job; no results/ or logs/ are written."""
+    import yaml
+
+    uri = f"http://127.0.0.1:{closed_port()}"
+    cfg = yaml.safe_load((PROJECT_ROOT / "config.yaml").read_text())
+    cfg["mlflow"]["tracking_uri"] = uri
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = subprocess_env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    t0 = time.monotonic()
+    proc = subprocess.run([PYTHON, "-m", "snakemake", "-s", str(PROJECT_ROOT / "Snakefile"), "--cores", "1",
+                           "all", "--config", "preset=smoke"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    elapsed = time.monotonic() - t0
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"MLflow tracking server {uri} is unreachable" in out, out[-2000:]
+    assert elapsed < 30.0
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
