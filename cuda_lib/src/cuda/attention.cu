@@ -1,0 +1,292 @@
+// On-the-fly attention: softmax(Q K^T * scale + padding mask) V per (sequence, head), with the score
+// matrix held in registers (never written to global memory).
+//
+// Two operators, chosen by the batch's longest sequence:
+//  - short: one thread block per (sequence, head) loads the whole sequence's Q, K and V into shared
+//    memory once; each warp keeps its 16 query rows' scores against every key in registers
+//    (up to kShortKeys keys) and does one exact softmax;
+//  - long: one block per (sequence, head, 64 queries) streams 64-key blocks of K and V through a
+//    double-buffered cp.async pipeline with an online (running max / running sum) softmax.
+// Only computed heads are launched; each head's Q/K and V widths are its kept dimensions (prepare.h).
+#include <cmath>
+
+#include "kernels.h"
+
+namespace et::cuda {
+namespace {
+
+constexpr int kShortKeys = 128;  // longest sequence of the short operator (registers: 64 scores/thread)
+constexpr int kLongQ = 64;       // queries per block of the long operator (4 warps)
+constexpr int kLongK = 64;       // keys per streamed block
+
+template <int D>
+constexpr int padded_ld() { return D + 8; }  // shared-memory row length: conflict-free ldmatrix
+
+struct HeadArgs {
+  int q_off, k_off, v_off, dqk, dv, out_off;
+};
+
+__device__ __forceinline__ HeadArgs read_head(const int32_t* slots, int h) {
+  const int32_t* s = slots + h * 6;
+  return HeadArgs{s[0], s[1], s[2], s[3], s[4], s[5]};
+}
+
+// Copy rows [0, rows) of a head's columns [off, off + width) starting at packed row `first` into
+// shared memory; rows >= valid are zero-filled.
+template <typename T>
+__device__ __forceinline__ void load_rows(T* dst, int ld_s, const T* qkv, int qkv_ld, int first, int off, int width,
+                                          int rows, int valid, int tid, int nthreads) {
+  const int chunks = width / 8;
+  for (int c = tid; c < rows * chunks; c += nthreads) {
+    const int r = c / chunks, ch = c % chunks;
+    const bool ok = r < valid;
+    const T* src = ok ? qkv + static_cast<size_t>(first + r) * qkv_ld + off + ch * 8 : qkv;
+    cp_async16(dst + r * ld_s + ch * 8, src, ok);
+  }
+}
+
+// One warp's 16 query rows: Q fragments, running max / sum and the output accumulator.
+template <typename T, int D>
+struct WarpAttention {
+  uint32_t qf[D / 16][4];
+  float o[D / 8][4];
+  float mrow[2];
+  float lrow[2];
+
+  __device__ __forceinline__ void init(const T* sq, int row0, int dqk, int lane) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks)
+      if (ks * 16 < dqk) ldmatrix_x4(qf[ks], sq + (row0 + (lane & 15)) * padded_ld<D>() + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) o[i][q] = 0.0f;
+    mrow[0] = mrow[1] = -INFINITY;
+    lrow[0] = lrow[1] = 0.0f;
+  }
+
+  // Attend to KB keys in shared memory (rows >= kvalid are padding: masked, zero-filled).
+  template <int KB>
+  __device__ __forceinline__ void step(const T* sk, const T* sv, int kvalid, int dqk, int dv, float scale_log2,
+                                       int lane) {
+    constexpr int LD = padded_ld<D>();
+    float s[KB / 8][4];
+#pragma unroll
+    for (int j = 0; j < KB / 8; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) s[j][q] = 0.0f;
+#pragma unroll
+    for (int kp = 0; kp < KB / 16; ++kp) {
+      if (kp * 16 >= kvalid) break;
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        if (ks * 16 >= dqk) break;
+        uint32_t b[4];
+        ldmatrix_x4(b, sk + (kp * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + ks * 16 + ((lane >> 3) & 1) * 8);
+        mma16816<T>(s[2 * kp], qf[ks], b[0], b[1]);
+        mma16816<T>(s[2 * kp + 1], qf[ks], b[2], b[3]);
+      }
+    }
+    const int t = lane & 3;
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int j = 0; j < KB / 8; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int key = j * 8 + 2 * t + (q & 1);
+        const float v = key < kvalid ? s[j][q] * scale_log2 : -INFINITY;
+        s[j][q] = v;
+        mx[q >> 1] = fmaxf(mx[q >> 1], v);
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    }
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float mnew = fmaxf(mrow[r], mx[r]);  // finite: every block holds >= 1 valid key
+      alpha[r] = exp2f(mrow[r] - mnew);
+      mrow[r] = mnew;
+      lrow[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int j = 0; j < KB / 8; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float p = exp2f(s[j][q] - mrow[q >> 1]);
+        s[j][q] = p;
+        lrow[q >> 1] += p;
+      }
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int kp = 0; kp < KB / 16; ++kp) {
+      if (kp * 16 >= kvalid) break;
+      uint32_t a[4];
+      a[0] = Elem<T>::pack2(s[2 * kp][0], s[2 * kp][1]);
+      a[1] = Elem<T>::pack2(s[2 * kp][2], s[2 * kp][3]);
+      a[2] = Elem<T>::pack2(s[2 * kp + 1][0], s[2 * kp + 1][1]);
+      a[3] = Elem<T>::pack2(s[2 * kp + 1][2], s[2 * kp + 1][3]);
+#pragma unroll
+      for (int dt = 0; dt < D / 16; ++dt) {
+        if (dt * 16 >= dv) break;
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, sv + (kp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dt * 16 + (lane >> 4) * 8);
+        mma16816<T>(o[2 * dt], a, b[0], b[1]);
+        mma16816<T>(o[2 * dt + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+  // Normalise and store rows row0 + {g, g+8} (those < valid) of the head's output columns.
+  __device__ __forceinline__ void store(T* out, int out_ld, int first, int row0, int valid, int out_off, int dv,
+                                        int lane) {
+    float l[2] = {lrow[0], lrow[1]};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+      l[r] = 1.0f / l[r];
+    }
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int row = row0 + g + hh * 8;
+      if (row >= valid) continue;
+      T* dst = out + static_cast<size_t>(first + row) * out_ld + out_off + 2 * t;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        if (i * 8 >= dv) break;
+        *reinterpret_cast<uint32_t*>(dst + i * 8) = Elem<T>::pack2(o[i][hh * 2] * l[hh], o[i][hh * 2 + 1] * l[hh]);
+      }
+    }
+  }
+};
+
+template <typename T, int D>
+__global__ void attention_short_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out, int out_ld,
+                                       const int32_t* __restrict__ slots, const int32_t* __restrict__ seq_start,
+                                       const int32_t* __restrict__ seq_len, int rows, float scale_log2) {
+  constexpr int LD = padded_ld<D>();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sq = reinterpret_cast<T*>(smem_raw);
+  T* sk = sq + rows * LD;
+  T* sv = sk + rows * LD;
+  const HeadArgs h = read_head(slots, blockIdx.x);
+  const int b = blockIdx.y;
+  const int first = seq_start[b], len = seq_len[b];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int need = (len + 15) / 16 * 16;
+  load_rows(sq, LD, qkv, qkv_ld, first, h.q_off, h.dqk, need, len, tid, blockDim.x);
+  load_rows(sk, LD, qkv, qkv_ld, first, h.k_off, h.dqk, need, len, tid, blockDim.x);
+  load_rows(sv, LD, qkv, qkv_ld, first, h.v_off, h.dv, need, len, tid, blockDim.x);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  if (warp * 16 >= len) return;
+  WarpAttention<T, D> w;
+  w.init(sq, warp * 16, h.dqk, lane);
+  w.template step<kShortKeys>(sk, sv, len, h.dqk, h.dv, scale_log2, lane);
+  w.store(out, out_ld, first, warp * 16, len, h.out_off, h.dv, lane);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out,
+                                                             int out_ld, const int32_t* __restrict__ slots,
+                                                             const int32_t* __restrict__ seq_start,
+                                                             const int32_t* __restrict__ seq_len, float scale_log2) {
+  constexpr int LD = padded_ld<D>();
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sq = reinterpret_cast<T*>(smem_raw);
+  T* sk = sq + kLongQ * LD;       // [2][kLongK][LD]
+  T* sv = sk + 2 * kLongK * LD;   // [2][kLongK][LD]
+  const HeadArgs h = read_head(slots, blockIdx.y);
+  const int b = blockIdx.z;
+  const int first = seq_start[b], len = seq_len[b];
+  const int q0 = blockIdx.x * kLongQ;
+  if (q0 >= len) return;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  load_rows(sq, LD, qkv, qkv_ld, first + q0, h.q_off, h.dqk, kLongQ, len - q0, tid, 128);
+  const int nkb = (len + kLongK - 1) / kLongK;
+  auto load_kv = [&](int kb, int buf) {
+    const int k0 = kb * kLongK;
+    load_rows(sk + buf * kLongK * LD, LD, qkv, qkv_ld, first + k0, h.k_off, h.dqk, kLongK, len - k0, tid, 128);
+    load_rows(sv + buf * kLongK * LD, LD, qkv, qkv_ld, first + k0, h.v_off, h.dv, kLongK, len - k0, tid, 128);
+  };
+  load_kv(0, 0);
+  cp_async_commit();
+  WarpAttention<T, D> w;
+  for (int kb = 0; kb < nkb; ++kb) {
+    if (kb + 1 < nkb) load_kv(kb + 1, (kb + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (kb == 0) w.init(sq, warp * 16, h.dqk, lane);
+    const int buf = kb & 1;
+    w.template step<kLongK>(sk + buf * kLongK * LD, sv + buf * kLongK * LD, min(kLongK, len - kb * kLongK), h.dqk,
+                            h.dv, scale_log2, lane);
+    __syncthreads();
+  }
+  w.store(out, out_ld, first + q0, warp * 16, len - q0, h.out_off, h.dv, lane);
+}
+
+template <typename T, int D>
+void launch_attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
+                      const int32_t* seq_len, int batch, int max_len, float scale_log2, bool use_short,
+                      cudaStream_t stream) {
+  constexpr int LD = padded_ld<D>();
+  if (use_short) {
+    const int rows = (max_len + 15) / 16 * 16;
+    const size_t smem = static_cast<size_t>(3) * rows * LD * sizeof(T);
+    auto kernel = attention_short_kernel<T, D>;
+    static const bool attr_set = (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                             3 * kShortKeys * LD * static_cast<int>(sizeof(T))),
+                                        "cudaFuncSetAttribute(attention_short)"),
+                                  true);
+    (void)attr_set;
+    kernel<<<dim3(heads.count, batch), rows / 16 * 32, smem, stream>>>(qkv, qkv_ld, out, out_ld, heads.slots,
+                                                                      seq_start, seq_len, rows, scale_log2);
+    check_launch("attention_short");
+  } else {
+    const size_t smem = static_cast<size_t>(kLongQ + 4 * kLongK) * LD * sizeof(T);
+    auto kernel = attention_long_kernel<T, D>;
+    static const bool attr_set =
+        (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+               "cudaFuncSetAttribute(attention_long)"),
+         true);
+    (void)attr_set;
+    kernel<<<dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), 128, smem, stream>>>(
+        qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
+    check_launch("attention_long");
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, int max_dqk, int max_dv,
+               const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
+               int short_max, cudaStream_t stream) {
+  const float scale_log2 = scale * 1.4426950408889634f;
+  const bool use_short = max_len <= std::min(short_max, kShortKeys);
+  if (std::max(max_dqk, max_dv) <= 64)
+    launch_attention<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2,
+                            use_short, stream);
+  else
+    launch_attention<T, 128>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2,
+                             false, stream);
+}
+
+template void attention<__half>(const __half*, int, __half*, int, const DeviceHeads&, int, int, const int32_t*,
+                                const int32_t*, int, int, float, int, cudaStream_t);
+template void attention<__nv_bfloat16>(const __nv_bfloat16*, int, __nv_bfloat16*, int, const DeviceHeads&, int, int,
+                                       const int32_t*, const int32_t*, int, int, float, int, cudaStream_t);
+
+}  // namespace et::cuda

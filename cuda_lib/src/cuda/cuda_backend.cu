@@ -1,0 +1,472 @@
+// The CUDA backend: weights prepared at load (prepare.h) and uploaded once, a workspace sized for the
+// largest batch seen, and the whole forward (embedding, every layer, pooler and classifier) enqueued
+// on one stream with no host synchronisation, captured into a CUDA graph per batch shape.
+//
+// Tuning knobs read at load (documented in cuda_lib/NOTES.md, used by the GPU scripts to measure):
+//   ET_SPARSE_MAX_DENSITY  a weight is run tile-sparse when its 16x16 tile density is below this
+//   ET_ATTN_SHORT_MAX      longest batch sequence that uses the whole-sequence attention operator
+//   ET_POISON_WORKSPACE=1  fill the workspace with NaNs before each forward (tests catch unwritten data)
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "common.cuh"
+#include "dense_gemm.h"
+#include "kernels.h"
+#include "prepare.h"
+
+namespace et {
+namespace cuda {
+namespace {
+
+constexpr double kDefaultSparseMaxDensity = 0.55;  // see NOTES.md "density threshold"
+constexpr int kDefaultShortMax = 128;               // see NOTES.md "attention switch point"
+constexpr size_t kMaxGraphs = 16;
+
+// An owned device allocation.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
+    if (bytes) check(cudaMalloc(&ptr_, bytes), ("cudaMalloc(" + std::to_string(bytes) + " bytes)").c_str());
+  }
+  ~DeviceBuffer() {
+    if (ptr_) cudaFree(ptr_);
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  template <typename U>
+  U* as() const {
+    return static_cast<U*>(ptr_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// An owned page-locked host allocation (staging for asynchronous copies).
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(size_t bytes) {
+    if (bytes) check(cudaMallocHost(&ptr_, bytes), "cudaMallocHost");
+  }
+  ~PinnedBuffer() {
+    if (ptr_) cudaFreeHost(ptr_);
+  }
+  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(o.ptr_) { o.ptr_ = nullptr; }
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    return *this;
+  }
+  template <typename U>
+  U* as() const {
+    return static_cast<U*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
+template <typename U>
+DeviceBuffer upload(const U* data, size_t n) {
+  DeviceBuffer b(n * sizeof(U));
+  if (n) check(cudaMemcpy(b.as<void>(), data, n * sizeof(U), cudaMemcpyHostToDevice), "cudaMemcpy(weights)");
+  return b;
+}
+
+template <typename T>
+DeviceBuffer upload_as(const std::vector<float>& v) {
+  std::vector<T> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    if constexpr (std::is_same_v<T, __half>)
+      h[i] = __float2half_rn(v[i]);
+    else
+      h[i] = __float2bfloat16_rn(v[i]);
+  }
+  return upload(h.data(), h.size());
+}
+
+double env_number(const char* name, double fallback) {
+  const char* s = std::getenv(name);
+  if (!s || !*s) return fallback;
+  char* end = nullptr;
+  const double v = std::strtod(s, &end);
+  if (end == s || *end != '\0')
+    throw Error(ET_ERR_INVALID_ARGUMENT, std::string("environment variable ") + name + "='" + s + "' is not a number");
+  return v;
+}
+
+struct DeviceGroups {
+  DeviceBuffer ptr, col, tile;
+  DeviceTileGroups view(const TileGroups& g) const {
+    return DeviceTileGroups{static_cast<int>(g.ptr.size()) - 1, ptr.as<int32_t>(), col.as<int32_t>(),
+                            tile.as<int32_t>()};
+  }
+};
+
+DeviceGroups upload_groups(const TileGroups& g) {
+  return DeviceGroups{upload(g.ptr.data(), g.ptr.size()), upload(g.col.data(), g.col.size()),
+                      upload(g.tile.data(), g.tile.size())};
+}
+
+template <typename T>
+struct DeviceLinear {
+  int n = 0, k = 0;
+  bool sparse = false;
+  DeviceBuffer weight;  // dense [n, k] or the kept tiles
+  DeviceBuffer bias;
+  DeviceGroups g4, g8;
+  DeviceSparseWeight sw;
+
+  explicit DeviceLinear(const PreparedLinear& p) : n(p.n), k(p.k), sparse(p.sparse) {
+    bias = upload_as<T>(p.bias);
+    if (!sparse) {
+      weight = upload_as<T>(p.dense);
+      return;
+    }
+    weight = upload_as<T>(p.tiles);
+    g4 = upload_groups(p.groups4);
+    g8 = upload_groups(p.groups8);
+    sw = DeviceSparseWeight{n, k, weight.as<void>(), g4.view(p.groups4), g8.view(p.groups8)};
+  }
+};
+
+template <typename T>
+struct DeviceLayer {
+  DeviceLinear<T> qkv, o, ffn1, ffn2;
+  DeviceBuffer heads;
+  int n_heads;
+  DeviceBuffer ln1g, ln1b, ln2g, ln2b;
+
+  explicit DeviceLayer(const PreparedLayer& p)
+      : qkv(p.qkv), o(p.o), ffn1(p.ffn1), ffn2(p.ffn2), n_heads(static_cast<int>(p.heads.size())) {
+    std::vector<int32_t> slots;
+    for (const HeadSlot& h : p.heads) slots.insert(slots.end(), {h.q_off, h.k_off, h.v_off, h.dqk, h.dv, h.out_off});
+    heads = upload(slots.data(), slots.size());
+    ln1g = upload_as<T>(p.ln1_gamma);
+    ln1b = upload_as<T>(p.ln1_beta);
+    ln2g = upload_as<T>(p.ln2_gamma);
+    ln2b = upload_as<T>(p.ln2_beta);
+  }
+};
+
+// The working layout of one forward: rows of the activations (packed tokens or batch x max_len).
+struct Shape {
+  int rows = 0;
+  int batch = 0;
+  int max_len = 0;
+  bool operator<(const Shape& o) const {
+    return std::tie(rows, batch, max_len) < std::tie(o.rows, o.batch, o.max_len);
+  }
+};
+
+template <typename T>
+class CudaEngine final : public Backend {
+ public:
+  CudaEngine(std::shared_ptr<const Model> model, const et_options& opts, et_precision precision)
+      : model_(std::move(model)), precision_(precision), device_(opts.device) {
+    int count = 0;
+    check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+    if (device_ < 0 || device_ >= count)
+      throw Error(ET_ERR_INVALID_ARGUMENT,
+                  "CUDA device " + std::to_string(device_) + " does not exist (" + std::to_string(count) + " visible)");
+    check(cudaSetDevice(device_), "cudaSetDevice");
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
+    name_ = prop.name;
+    num_sms_ = prop.multiProcessorCount;
+    short_max_ = static_cast<int>(env_number("ET_ATTN_SHORT_MAX", kDefaultShortMax));
+    poison_ = env_number("ET_POISON_WORKSPACE", 0) != 0;
+    const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
+
+    const Model& m = *model_;
+    prepared_ = prepare_model(m, max_density);
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    try {
+      gemm_ = std::make_unique<DenseGemm>();
+      word_ = upload_as<T>(m.word_emb);
+      pos_ = upload_as<T>(m.pos_emb);
+      type_ = upload_as<T>(m.type_emb);
+      emb_g_ = upload_as<T>(m.emb_ln_gamma);
+      emb_b_ = upload_as<T>(m.emb_ln_beta);
+      for (const PreparedLayer& pl : prepared_.layers) layers_.emplace_back(pl);
+      pool_w_ = upload_as<T>(dense_weight(m.pooler));
+      pool_b_ = upload_as<T>(m.pooler.bias);
+      cls_w_ = upload_as<T>(dense_weight(m.classifier));
+      cls_b_ = upload_as<T>(m.classifier.bias);
+    } catch (...) {
+      release();
+      throw;
+    }
+    // The float32 host copies of the tiles / dense weights are no longer needed.
+    for (PreparedLayer& pl : prepared_.layers)
+      for (PreparedLinear* l : {&pl.qkv, &pl.o, &pl.ffn1, &pl.ffn2}) {
+        std::vector<float>().swap(l->dense);
+        std::vector<float>().swap(l->tiles);
+      }
+  }
+
+  ~CudaEngine() override { release(); }
+
+  et_backend kind() const override { return ET_BACKEND_CUDA; }
+  et_precision precision() const override { return precision_; }
+  std::string device_name() const override { return name_; }
+
+  void forward(const Batch& b, float* logits, float* hidden) override {
+    check(cudaSetDevice(device_), "cudaSetDevice");
+    const Shape s = stage(b);
+    execute(s, (b.flags & ET_FORWARD_NO_GRAPH) == 0);
+    const int labels = model_->cfg.labels, H = model_->cfg.hidden;
+    if (hidden) {
+      gather_rows_f32(ws_.x.template as<T>(), idx(ws_.rows_cap * 3 + ws_.batch_cap * 3), static_cast<int>(b.total_tokens),
+                      H, ws_.hidden.template as<float>(), stream_);
+    }
+    check(cudaMemcpyAsync(ws_.logits_host.as<float>(), ws_.logits.as<float>(),
+                          sizeof(float) * static_cast<size_t>(b.batch) * labels, cudaMemcpyDeviceToHost, stream_),
+          "cudaMemcpyAsync(logits)");
+    if (hidden)
+      check(cudaMemcpyAsync(hidden, ws_.hidden.as<float>(), sizeof(float) * static_cast<size_t>(b.total_tokens) * H,
+                            cudaMemcpyDeviceToHost, stream_),
+            "cudaMemcpyAsync(hidden)");
+    check(cudaStreamSynchronize(stream_), "forward");
+    std::memcpy(logits, ws_.logits_host.as<float>(), sizeof(float) * static_cast<size_t>(b.batch) * labels);
+  }
+
+  void benchmark(const Batch& b, int warmup, int iters, float* ms_per_iter) override {
+    check(cudaSetDevice(device_), "cudaSetDevice");
+    const Shape s = stage(b);
+    const bool graph = (b.flags & ET_FORWARD_NO_GRAPH) == 0;
+    for (int i = 0; i < warmup; ++i) execute(s, graph);
+    std::vector<cudaEvent_t> ev(static_cast<size_t>(std::max(iters, 0)) + 1, nullptr);
+    try {
+      for (auto& e : ev) check(cudaEventCreate(&e), "cudaEventCreate");
+      for (int i = 0; i < iters; ++i) {
+        check(cudaEventRecord(ev[i], stream_), "cudaEventRecord");
+        execute(s, graph);
+      }
+      check(cudaEventRecord(ev[iters], stream_), "cudaEventRecord");
+      check(cudaEventSynchronize(ev[iters]), "benchmark");
+      for (int i = 0; i < iters; ++i) check(cudaEventElapsedTime(&ms_per_iter[i], ev[i], ev[i + 1]), "cudaEventElapsedTime");
+    } catch (...) {
+      for (auto e : ev)
+        if (e) cudaEventDestroy(e);
+      throw;
+    }
+    for (auto e : ev) cudaEventDestroy(e);
+  }
+
+ private:
+  struct Workspace {
+    int rows_cap = 0, batch_cap = 0;
+    DeviceBuffer idx, x, x2, tmp, qkv, att, ffn, logits, hidden;
+    PinnedBuffer idx_host, logits_host;
+  };
+
+  const int32_t* idx(int offset) const { return ws_.idx.as<int32_t>() + offset; }
+
+  // Grow the workspace to hold `rows` activation rows and `batch` sequences. On failure everything is
+  // released (the model stays usable for smaller batches) and the error propagates.
+  void ensure_workspace(int rows, int batch) {
+    if (rows <= ws_.rows_cap && batch <= ws_.batch_cap) return;
+    const int R = std::max(rows, ws_.rows_cap), B = std::max(batch, ws_.batch_cap);
+    const ModelConfig& c = model_->cfg;
+    clear_graphs();
+    ws_ = Workspace{};
+    try {
+      Workspace w;
+      w.rows_cap = R;
+      w.batch_cap = B;
+      const size_t n_idx = static_cast<size_t>(4) * R + 3 * B;
+      w.idx = DeviceBuffer(n_idx * sizeof(int32_t));
+      w.x = DeviceBuffer(sizeof(T) * R * c.hidden);
+      w.x2 = DeviceBuffer(sizeof(T) * R * c.hidden);
+      w.tmp = DeviceBuffer(sizeof(T) * R * c.hidden);
+      w.qkv = DeviceBuffer(sizeof(T) * R * prepared_.max_qkv_width);
+      w.att = DeviceBuffer(sizeof(T) * R * prepared_.max_att_width);
+      w.ffn = DeviceBuffer(sizeof(T) * R * c.intermediate);
+      w.logits = DeviceBuffer(sizeof(float) * B * c.labels);
+      w.hidden = DeviceBuffer(sizeof(float) * R * c.hidden);
+      w.idx_host = PinnedBuffer(n_idx * sizeof(int32_t));
+      w.logits_host = PinnedBuffer(sizeof(float) * B * c.labels);
+      ws_ = std::move(w);
+    } catch (const Error& e) {
+      if (e.status() == ET_ERR_OUT_OF_MEMORY)
+        throw Error(ET_ERR_OUT_OF_MEMORY, std::string(e.what()) + " (workspace for " + std::to_string(rows) +
+                                              " token rows; the model stays loaded, try a smaller batch)");
+      throw;
+    }
+  }
+
+  // Build the index arrays of the batch (packed, or padded to batch x max_len) and upload them.
+  Shape stage(const Batch& b) {
+    const bool padded = (b.flags & ET_FORWARD_PADDED) != 0;
+    Shape s{padded ? b.batch * b.max_len : static_cast<int>(b.total_tokens), b.batch, b.max_len};
+    ensure_workspace(s.rows, s.batch);
+    const int R = ws_.rows_cap, B = ws_.batch_cap;
+    int32_t* h = ws_.idx_host.as<int32_t>();
+    int32_t *tok = h, *seg = h + R, *pos = h + 2 * R, *start = h + 3 * R, *len = start + B, *cls = len + B,
+            *gather = cls + B;
+    int64_t off = 0;
+    for (int q = 0; q < b.batch; ++q) {
+      const int L = b.lengths[q];
+      const int first = padded ? q * b.max_len : static_cast<int>(off);
+      const int span = padded ? b.max_len : L;
+      start[q] = first;
+      len[q] = L;
+      cls[q] = first;
+      for (int i = 0; i < span; ++i) {
+        const bool real = i < L;
+        tok[first + i] = real ? b.token_ids[off + i] : 0;
+        seg[first + i] = real && b.segment_ids ? b.segment_ids[off + i] : 0;
+        pos[first + i] = i;
+        if (real) gather[off + i] = first + i;
+      }
+      off += L;
+    }
+    const size_t n = static_cast<size_t>(3) * R + 3 * B + b.total_tokens;
+    check(cudaMemcpyAsync(ws_.idx.as<int32_t>(), h, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_),
+          "cudaMemcpyAsync(batch indices)");
+    if (poison_) {
+      for (DeviceBuffer* buf : {&ws_.x, &ws_.x2, &ws_.tmp, &ws_.qkv, &ws_.att, &ws_.ffn, &ws_.logits, &ws_.hidden})
+        check(cudaMemsetAsync(buf->as<void>(), 0xff, buf->bytes(), stream_), "cudaMemsetAsync(poison)");
+    }
+    return s;
+  }
+
+  void linear(const DeviceLinear<T>& l, const T* x, int m, const T* residual, T* y, Epilogue epi) {
+    if (l.sparse)
+      sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, num_sms_, stream_);
+    else
+      gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi, stream_);
+  }
+
+  // The whole forward on stream_, reading the staged indices (capturable: no host synchronisation).
+  void enqueue(const Shape& s) {
+    const ModelConfig& c = model_->cfg;
+    const int R = ws_.rows_cap, B = ws_.batch_cap, H = c.hidden;
+    const int32_t *tok = idx(0), *seg = idx(R), *pos = idx(2 * R), *start = idx(3 * R), *len = idx(3 * R + B),
+                  *cls = idx(3 * R + 2 * B);
+    T *x = ws_.x.as<T>(), *x2 = ws_.x2.as<T>(), *tmp = ws_.tmp.as<T>(), *qkv = ws_.qkv.as<T>(),
+      *att = ws_.att.as<T>(), *ffn = ws_.ffn.as<T>();
+    embed_layernorm<T>(tok, seg, pos, s.rows, H, word_.as<T>(), pos_.as<T>(), type_.as<T>(), emb_g_.as<T>(),
+                       emb_b_.as<T>(), c.layer_norm_eps, x, stream_);
+    for (const DeviceLayer<T>& L : layers_) {
+      linear(L.qkv, x, s.rows, nullptr, qkv, Epilogue::kBias);
+      attention<T>(qkv, L.qkv.n, att, L.o.k, DeviceHeads{L.n_heads, L.heads.template as<int32_t>()},
+                   prepared_.max_dqk, prepared_.max_dv, start, len, s.batch, s.max_len, prepared_.attn_scale,
+                   short_max_, stream_);
+      linear(L.o, att, s.rows, x, tmp, Epilogue::kBiasResidual);
+      layernorm<T>(tmp, s.rows, H, L.ln1g.template as<T>(), L.ln1b.template as<T>(), c.layer_norm_eps, x2, stream_);
+      linear(L.ffn1, x2, s.rows, nullptr, ffn, Epilogue::kBiasGelu);
+      linear(L.ffn2, ffn, s.rows, x2, tmp, Epilogue::kBiasResidual);
+      layernorm<T>(tmp, s.rows, H, L.ln2g.template as<T>(), L.ln2b.template as<T>(), c.layer_norm_eps, x, stream_);
+    }
+    pooler_classifier<T>(x, cls, s.batch, H, pool_w_.as<T>(), pool_b_.as<T>(), cls_w_.as<T>(), cls_b_.as<T>(),
+                         c.labels, ws_.logits.as<float>(), stream_);
+  }
+
+  // Run the forward of shape s: replay its CUDA graph (captured on first use, after one eager run
+  // that also settles every lazily created cuBLASLt plan and kernel attribute), or launch eagerly.
+  void execute(const Shape& s, bool use_graph) {
+    if (!use_graph) {
+      enqueue(s);
+      return;
+    }
+    auto it = graphs_.find(s);
+    if (it == graphs_.end()) {
+      enqueue(s);
+      if (graphs_.size() >= kMaxGraphs) clear_graphs();
+      cudaGraph_t graph = nullptr;
+      check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+      try {
+        enqueue(s);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError();
+        throw;
+      }
+      check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      check(err, "cudaGraphInstantiate");
+      it = graphs_.emplace(s, exec).first;
+    }
+    check(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+  }
+
+  void clear_graphs() {
+    for (auto& [shape, exec] : graphs_) cudaGraphExecDestroy(exec);
+    graphs_.clear();
+  }
+
+  void release() {
+    if (stream_) cudaStreamSynchronize(stream_);
+    clear_graphs();
+    ws_ = Workspace{};
+    layers_.clear();
+    gemm_.reset();
+    if (stream_) cudaStreamDestroy(stream_);
+    stream_ = nullptr;
+  }
+
+  std::shared_ptr<const Model> model_;
+  et_precision precision_;
+  int device_;
+  std::string name_;
+  int num_sms_ = 0;
+  int short_max_ = kDefaultShortMax;
+  bool poison_ = false;
+  PreparedModel prepared_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<DenseGemm> gemm_;
+  DeviceBuffer word_, pos_, type_, emb_g_, emb_b_, pool_w_, pool_b_, cls_w_, cls_b_;
+  std::vector<DeviceLayer<T>> layers_;
+  Workspace ws_;
+  std::map<Shape, cudaGraphExec_t> graphs_;
+};
+
+}  // namespace
+}  // namespace cuda
+
+bool cuda_device_present() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return count > 0;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(std::shared_ptr<const Model> model, const et_options& opts) {
+  switch (opts.precision) {
+    case ET_PRECISION_DEFAULT:
+    case ET_PRECISION_FP16:
+      return std::make_unique<cuda::CudaEngine<__half>>(std::move(model), opts, ET_PRECISION_FP16);
+    case ET_PRECISION_BF16:
+      return std::make_unique<cuda::CudaEngine<__nv_bfloat16>>(std::move(model), opts, ET_PRECISION_BF16);
+    case ET_PRECISION_FP32:
+      throw Error(ET_ERR_UNSUPPORTED, "the CUDA backend computes in fp16 or bf16 (fp32 accumulation); "
+                                      "precision fp32 is served by the CPU backend");
+    default:
+      throw Error(ET_ERR_INVALID_ARGUMENT, "unknown precision " + std::to_string(opts.precision));
+  }
+}
+
+}  // namespace et

@@ -1,0 +1,43 @@
+// Dense GEMMs through cuBLASLt with fused epilogues, for weights too dense for the tile-sparse kernel.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <tuple>
+
+#include "common.cuh"
+
+namespace et::cuda {
+
+class DenseGemm {
+ public:
+  DenseGemm();
+  ~DenseGemm();
+  DenseGemm(const DenseGemm&) = delete;
+  DenseGemm& operator=(const DenseGemm&) = delete;
+
+  // y[m, n] = epilogue(x[m, k] . w[n, k]^T + bias (+ residual)), all row-major.
+  // kBiasGelu runs cuBLASLt's bias epilogue then the exact (erf) GELU in one extra pass, since
+  // cuBLASLt's GELU epilogue is the tanh approximation.
+  template <typename T>
+  void run(const T* w, const T* x, const T* bias, const T* residual, T* y, int m, int n, int k, Epilogue epi,
+           cudaStream_t stream);
+
+ private:
+  using Key = std::tuple<int, int, int, int>;  // m, n, k, dtype
+  struct Plan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  Plan& plan(const Key& key, cudaDataType_t type);
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 32u << 20;
+  std::map<Key, Plan> plans_;
+};
+
+}  // namespace et::cuda

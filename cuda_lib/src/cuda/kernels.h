@@ -1,0 +1,71 @@
+// Host-side launchers of the CUDA backend's kernels (all asynchronous on the given stream; each
+// checks its launch and throws et::Error on failure).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common.cuh"
+
+namespace et::cuda {
+
+// A tile-sparse weight on the device (see prepare.h for the layout).
+struct DeviceTileGroups {
+  int groups = 0;
+  const int32_t* ptr = nullptr;
+  const int32_t* col = nullptr;
+  const int32_t* tile = nullptr;
+};
+struct DeviceSparseWeight {
+  int n = 0;
+  int k = 0;
+  const void* tiles = nullptr;  // [kept][32 lanes][8 elements]
+  DeviceTileGroups g4, g8;
+};
+
+// Y[M, n] = epilogue(X[M, k] . W^T + bias (+ residual)); X, Y, residual row-major with ld k / n / n.
+template <typename T>
+void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
+                 Epilogue epi, int num_sms, cudaStream_t stream);
+
+// Per computed head of a layer (device copy of prepare.h's HeadSlot).
+struct DeviceHeads {
+  int count = 0;
+  const int32_t* slots = nullptr;  // [count][6]: q_off k_off v_off dqk dv out_off
+};
+
+// Fused attention over a ragged batch. qkv: [rows, qkv_ld]; out: [rows, out_ld].
+// seq_start/seq_len: [batch] rows of each sequence (packed or padded layout).
+// short_max: sequences of max_len <= short_max use the whole-sequence operator, longer ones the
+// streaming (online-softmax) operator.
+template <typename T>
+void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, int max_dqk, int max_dv,
+               const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
+               int short_max, cudaStream_t stream);
+
+// x[rows, h] = LayerNorm(word[tok] + pos[pos_id] + type[seg]).
+template <typename T>
+void embed_layernorm(const int32_t* tok, const int32_t* seg, const int32_t* pos, int rows, int hidden,
+                     const T* word, const T* posemb, const T* type, const T* gamma, const T* beta, float eps, T* x,
+                     cudaStream_t stream);
+
+// y[rows, h] = LayerNorm(x[rows, h]).
+template <typename T>
+void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, float eps, T* y,
+               cudaStream_t stream);
+
+// x = GELU(x) elementwise (exact erf form), n a multiple of 8.
+template <typename T>
+void gelu_inplace(T* x, int64_t n, cudaStream_t stream);
+
+// logits[b, labels] = classifier(tanh(pooler(x[cls_row[b]]))), fp32 output.
+template <typename T>
+void pooler_classifier(const T* x, const int32_t* cls_row, int batch, int hidden, const T* wp, const T* bp,
+                       const T* wc, const T* bc, int labels, float* logits, cudaStream_t stream);
+
+// out[i, :] = float(x[rows[i], :]) for i < n.
+template <typename T>
+void gather_rows_f32(const T* x, const int32_t* rows, int n, int hidden, float* out, cudaStream_t stream);
+
+}  // namespace et::cuda

@@ -1,0 +1,269 @@
+// Row-wise kernels of the encoder: embedding lookup + LayerNorm, LayerNorm (after the GEMMs whose
+// epilogue already added bias and residual: residual + LayerNorm cost one pass), exact GELU,
+// pooler + classifier, fp32 row gather.
+// One warp per row, 16-byte accesses, statistics in fp32 from registers (two-pass variance).
+#include "kernels.h"
+
+namespace et::cuda {
+namespace {
+
+constexpr int kRowsPerBlock = 4;  // warps per block of the row kernels
+
+union Vec8 {
+  uint4 u;
+  uint32_t w[4];
+};
+
+// Load the row as fp32 (each lane holds chunks lane, lane+32, ... of 8 elements) via `fetch(chunk, out8)`.
+template <int CH, typename Fetch>
+__device__ __forceinline__ void layernorm_row(float (&v)[CH * 8], int hidden, Fetch fetch, float eps, int lane,
+                                              float& mean, float& rstd) {
+  const int chunks = hidden / 8;
+  float sum = 0.0f;
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int chunk = lane + c * 32;
+    if (chunk < chunks) {
+      fetch(chunk, &v[c * 8]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) sum += v[c * 8 + e];
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  mean = sum / hidden;
+  float sq = 0.0f;
+#pragma unroll
+  for (int c = 0; c < CH; ++c)
+    if (lane + c * 32 < chunks)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float d = v[c * 8 + e] - mean;
+        sq += d * d;
+      }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
+  rstd = rsqrtf(sq / hidden + eps);
+}
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float* out) {
+  Vec8 x;
+  x.u = *reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = Elem<T>::unpack2(x.w[i]);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+template <int CH, typename T>
+__device__ __forceinline__ void store_normalized(const float (&v)[CH * 8], int hidden, float mean, float rstd,
+                                                 const T* gamma, const T* beta, T* dst, int lane) {
+  const int chunks = hidden / 8;
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    const int chunk = lane + c * 32;
+    if (chunk >= chunks) continue;
+    float g[8], b[8];
+    load8(gamma + chunk * 8, g);
+    load8(beta + chunk * 8, b);
+    Vec8 out;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      out.w[i] = Elem<T>::pack2((v[c * 8 + 2 * i] - mean) * rstd * g[2 * i] + b[2 * i],
+                                (v[c * 8 + 2 * i + 1] - mean) * rstd * g[2 * i + 1] + b[2 * i + 1]);
+    *reinterpret_cast<uint4*>(dst + chunk * 8) = out.u;
+  }
+}
+
+template <typename T, int CH>
+__global__ void embed_layernorm_kernel(const int32_t* __restrict__ tok, const int32_t* __restrict__ seg,
+                                       const int32_t* __restrict__ pos, int rows, int hidden, const T* __restrict__ word,
+                                       const T* __restrict__ posemb, const T* __restrict__ type,
+                                       const T* __restrict__ gamma, const T* __restrict__ beta, float eps,
+                                       T* __restrict__ x) {
+  const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const T* w = word + static_cast<size_t>(tok[row]) * hidden;
+  const T* p = posemb + static_cast<size_t>(pos[row]) * hidden;
+  const T* s = type + static_cast<size_t>(seg[row]) * hidden;
+  float v[CH * 8];
+  float mean, rstd;
+  layernorm_row<CH>(
+      v, hidden,
+      [&](int chunk, float* out) {
+        float a[8], b[8], c[8];
+        load8(w + chunk * 8, a);
+        load8(p + chunk * 8, b);
+        load8(s + chunk * 8, c);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) out[e] = a[e] + b[e] + c[e];
+      },
+      eps, lane, mean, rstd);
+  store_normalized<CH>(v, hidden, mean, rstd, gamma, beta, x + static_cast<size_t>(row) * hidden, lane);
+}
+
+template <typename T, int CH>
+__global__ void layernorm_kernel(const T* __restrict__ x, int rows, int hidden, const T* __restrict__ gamma,
+                                 const T* __restrict__ beta, float eps, T* __restrict__ y) {
+  const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const T* src = x + static_cast<size_t>(row) * hidden;
+  float v[CH * 8];
+  float mean, rstd;
+  layernorm_row<CH>(
+      v, hidden, [&](int chunk, float* out) { load8(src + chunk * 8, out); }, eps, lane, mean, rstd);
+  store_normalized<CH>(v, hidden, mean, rstd, gamma, beta, y + static_cast<size_t>(row) * hidden, lane);
+}
+
+template <typename T>
+__global__ void gelu_kernel(T* __restrict__ x, int64_t n8) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n8;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    Vec8 v;
+    v.u = reinterpret_cast<uint4*>(x)[i];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 f = Elem<T>::unpack2(v.w[k]);
+      v.w[k] = Elem<T>::pack2(gelu_erf(f.x), gelu_erf(f.y));
+    }
+    reinterpret_cast<uint4*>(x)[i] = v.u;
+  }
+}
+
+// Dot product of a T row with an fp32 shared-memory vector, reduced over the warp.
+template <typename T>
+__device__ __forceinline__ float warp_dot(const T* row, const float* vec, int n, int lane) {
+  float acc = 0.0f;
+  for (int c = lane; c < n / 8; c += 32) {
+    float w[8];
+    load8(row + c * 8, w);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc += w[e] * vec[c * 8 + e];
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  return acc;
+}
+
+template <typename T>
+__global__ void pooler_classifier_kernel(const T* __restrict__ x, const int32_t* __restrict__ cls_row, int hidden,
+                                         const T* __restrict__ wp, const T* __restrict__ bp, const T* __restrict__ wc,
+                                         const T* __restrict__ bc, int labels, float* __restrict__ logits) {
+  extern __shared__ float sm[];
+  float* h = sm;
+  float* pooled = sm + hidden;
+  const int b = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const T* src = x + static_cast<size_t>(cls_row[b]) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) h[i] = Elem<T>::to_float(src[i]);
+  __syncthreads();
+  for (int j = warp; j < hidden; j += warps) {
+    const float d = warp_dot(wp + static_cast<size_t>(j) * hidden, h, hidden, lane);
+    if (lane == 0) pooled[j] = tanhf(d + Elem<T>::to_float(bp[j]));
+  }
+  __syncthreads();
+  for (int j = warp; j < labels; j += warps) {
+    const float d = warp_dot(wc + static_cast<size_t>(j) * hidden, pooled, hidden, lane);
+    if (lane == 0) logits[static_cast<size_t>(b) * labels + j] = d + Elem<T>::to_float(bc[j]);
+  }
+}
+
+template <typename T>
+__global__ void gather_rows_kernel(const T* __restrict__ x, const int32_t* __restrict__ rows, int n, int hidden,
+                                   float* __restrict__ out) {
+  const int i = blockIdx.x;
+  if (i >= n) return;
+  const T* src = x + static_cast<size_t>(rows[i]) * hidden;
+  for (int c = threadIdx.x; c < hidden; c += blockDim.x)
+    out[static_cast<size_t>(i) * hidden + c] = Elem<T>::to_float(src[c]);
+}
+
+// Chunks of 8 per lane needed for a row of `hidden` elements, rounded up to an instantiated size.
+int row_chunks(int hidden) {
+  const int ch = (hidden / 8 + 31) / 32;
+  for (int c : {1, 2, 4, 8, 16})
+    if (ch <= c) return c;
+  throw Error(ET_ERR_UNSUPPORTED, "CUDA backend: hidden size " + std::to_string(hidden) + " > 4096");
+}
+
+template <typename T, typename... Args>
+void launch_ln(int ch, int rows, cudaStream_t stream, const Args&... args) {
+  const dim3 grid((rows + kRowsPerBlock - 1) / kRowsPerBlock), block(kRowsPerBlock * 32);
+  switch (ch) {
+    case 1: layernorm_kernel<T, 1><<<grid, block, 0, stream>>>(args...); break;
+    case 2: layernorm_kernel<T, 2><<<grid, block, 0, stream>>>(args...); break;
+    case 4: layernorm_kernel<T, 4><<<grid, block, 0, stream>>>(args...); break;
+    case 8: layernorm_kernel<T, 8><<<grid, block, 0, stream>>>(args...); break;
+    default: layernorm_kernel<T, 16><<<grid, block, 0, stream>>>(args...); break;
+  }
+}
+
+template <typename T, typename... Args>
+void launch_embed(int ch, int rows, cudaStream_t stream, const Args&... args) {
+  const dim3 grid((rows + kRowsPerBlock - 1) / kRowsPerBlock), block(kRowsPerBlock * 32);
+  switch (ch) {
+    case 1: embed_layernorm_kernel<T, 1><<<grid, block, 0, stream>>>(args...); break;
+    case 2: embed_layernorm_kernel<T, 2><<<grid, block, 0, stream>>>(args...); break;
+    case 4: embed_layernorm_kernel<T, 4><<<grid, block, 0, stream>>>(args...); break;
+    case 8: embed_layernorm_kernel<T, 8><<<grid, block, 0, stream>>>(args...); break;
+    default: embed_layernorm_kernel<T, 16><<<grid, block, 0, stream>>>(args...); break;
+  }
+}
+
+int grid_for(int64_t n, int block) { return static_cast<int>(std::min<int64_t>((n + block - 1) / block, 65535)); }
+
+}  // namespace
+
+template <typename T>
+void embed_layernorm(const int32_t* tok, const int32_t* seg, const int32_t* pos, int rows, int hidden, const T* word,
+                     const T* posemb, const T* type, const T* gamma, const T* beta, float eps, T* x,
+                     cudaStream_t stream) {
+  launch_embed<T>(row_chunks(hidden), rows, stream, tok, seg, pos, rows, hidden, word, posemb, type, gamma, beta, eps,
+                  x);
+  check_launch("embed_layernorm");
+}
+
+template <typename T>
+void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, float eps, T* y, cudaStream_t stream) {
+  launch_ln<T>(row_chunks(hidden), rows, stream, x, rows, hidden, gamma, beta, eps, y);
+  check_launch("layernorm");
+}
+
+template <typename T>
+void gelu_inplace(T* x, int64_t n, cudaStream_t stream) {
+  gelu_kernel<T><<<grid_for(n / 8, 256), 256, 0, stream>>>(x, n / 8);
+  check_launch("gelu");
+}
+
+template <typename T>
+void pooler_classifier(const T* x, const int32_t* cls_row, int batch, int hidden, const T* wp, const T* bp,
+                       const T* wc, const T* bc, int labels, float* logits, cudaStream_t stream) {
+  pooler_classifier_kernel<T><<<batch, 256, 2 * hidden * sizeof(float), stream>>>(x, cls_row, hidden, wp, bp, wc, bc,
+                                                                                  labels, logits);
+  check_launch("pooler_classifier");
+}
+
+template <typename T>
+void gather_rows_f32(const T* x, const int32_t* rows, int n, int hidden, float* out, cudaStream_t stream) {
+  if (n == 0) return;
+  gather_rows_kernel<T><<<n, 256, 0, stream>>>(x, rows, n, hidden, out);
+  check_launch("gather_rows");
+}
+
+#define ET_INSTANTIATE(T)                                                                                         \
+  template void embed_layernorm<T>(const int32_t*, const int32_t*, const int32_t*, int, int, const T*, const T*, \
+                                   const T*, const T*, const T*, float, T*, cudaStream_t);                       \
+  template void layernorm<T>(const T*, int, int, const T*, const T*, float, T*, cudaStream_t);                   \
+  template void gelu_inplace<T>(T*, int64_t, cudaStream_t);                                                      \
+  template void pooler_classifier<T>(const T*, const int32_t*, int, int, const T*, const T*, const T*, const T*, \
+                                     int, float*, cudaStream_t);                                                 \
+  template void gather_rows_f32<T>(const T*, const int32_t*, int, int, float*, cudaStream_t);
+ET_INSTANTIATE(__half)
+ET_INSTANTIATE(__nv_bfloat16)
+#undef ET_INSTANTIATE
+
+}  // namespace et::cuda
