@@ -15,6 +15,7 @@
 
 #include "backend.h"
 #include "cpu_linear.h"
+#include "cpu_math.h"
 
 namespace et {
 namespace {
@@ -243,7 +244,7 @@ class CpuBackend final : public Backend {
           }
           float sum = 0.0f;
           for (int j = 0; j < n; ++j) {
-            scores[size_t(j)] = std::exp(scores[size_t(j)] - mx);
+            scores[size_t(j)] = cpu::fast_exp(scores[size_t(j)] - mx);
             sum += scores[size_t(j)];
           }
           const float inv = 1.0f / sum;

@@ -1,5 +1,7 @@
 #include "cpu_linear.h"
 
+#include "cpu_math.h"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -21,8 +23,6 @@ constexpr int kRowBlock = 12;  // rows of x per micro-kernel call (accumulators 
 constexpr int kRowBlock = 6;
 #endif
 constexpr int kChunkRows = 8 * kRowBlock;  // rows of x per parallel work item
-
-inline float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
 
 // The weight as a dense row-major matrix plus which elements are stored.
 void materialise(const Linear& lin, std::vector<float>& w, std::vector<bool>& stored) {
