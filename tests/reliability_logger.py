@@ -1,8 +1,8 @@
 """A stand-in stage for the concurrency tests: opens a child run with ``tracking.stage_run`` and logs
-``--steps`` steps of ``--metrics`` metrics each, one store write per step, starting at ``--start-at``
-(a shared wall-clock instant, so that every process hits the SQLite store at the same time).
+``--steps`` steps of ``--metrics`` metrics each, one store write per step. It creates ``--ready`` once its
+run is open and starts logging when ``--go`` appears, so that every process hits the SQLite store at once.
 
-    python tests/reliability_logger.py --run-dir DIR --stage NAME --steps 100 --metrics 4 --start-at T
+    python tests/reliability_logger.py --run-dir DIR --stage NAME --steps 100 --metrics 4 --ready R --go G
 """
 
 from __future__ import annotations
@@ -21,10 +21,14 @@ def main() -> int:
     p.add_argument("--stage", required=True)
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--metrics", type=int, required=True)
-    p.add_argument("--start-at", type=float, default=0.0)
+    p.add_argument("--ready", type=Path, required=True)
+    p.add_argument("--go", type=Path, required=True)
     args = p.parse_args()
     with tracking.stage_run(args.run_dir, args.stage, {"steps": args.steps}, tags={"kind": "reliability"}) as run:
-        time.sleep(max(0.0, args.start_at - time.time()))
+        args.ready.write_text(run.run_id)
+        deadline = time.monotonic() + 120
+        while not args.go.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         for step in range(args.steps):
             run.log_metrics({f"m{i}": step * 10 + i for i in range(args.metrics)}, step=step)
         run.log_metrics({"final": float(args.steps)})

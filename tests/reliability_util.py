@@ -3,18 +3,37 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
+_TEMPLATE_DB: Path | None = None
+
+
 def sqlite_uri(folder: Path) -> str:
-    """An MLflow SQLite tracking URI for a store inside ``folder``."""
-    return f"sqlite:///{Path(folder) / 'mlflow.db'}"
+    """An MLflow SQLite tracking URI for a fresh, already migrated store inside ``folder``.
+
+    Creating a store runs MLflow's schema migrations (seconds); they run once per test session into a
+    template that each call copies.
+    """
+    global _TEMPLATE_DB
+    if _TEMPLATE_DB is None:
+        from mlflow.tracking import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="et-reliability-")) / "template.db"
+        MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
+        _TEMPLATE_DB = template
+    db = Path(folder) / "mlflow.db"
+    if not db.exists():
+        shutil.copyfile(_TEMPLATE_DB, db)
+    return f"sqlite:///{db}"
 
 
 def closed_port() -> int:

@@ -14,8 +14,8 @@ import pytest
 from pipeline_steps import tracking
 from reliability_util import PROJECT_ROOT, PYTHON, closed_port, run_python, sqlite_uri, subprocess_env
 
-N_PROCS = 6
-STEPS = 120
+N_PROCS = 4
+STEPS = 75
 METRICS = 4
 
 
@@ -30,20 +30,28 @@ def no_env_uri(monkeypatch):
 
 
 def test_concurrent_stages_lose_no_metric(tmp_path: Path, no_env_uri) -> None:
-    """Six processes log 120 steps x 4 metrics each into one SQLite store at the same instant:
+    """Four processes log 75 steps x 4 metrics each into one SQLite store at the same instant:
     every process exits 0, no "database is locked" escapes, every value is stored."""
     uri = sqlite_uri(tmp_path)
     run_dir = tmp_path / "results" / "conc"
     info = tracking.open_parent(run_dir, "conc", _mlflow_cfg(uri, artifact_root=str(tmp_path / "art")), {}, "h")
-    start_at = time.time() + 8.0  # after every interpreter has imported mlflow and opened its run
     env = subprocess_env()
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(N_PROCS)]
     procs = [
         subprocess.Popen(
             [PYTHON, str(PROJECT_ROOT / "tests" / "reliability_logger.py"), "--run-dir", str(run_dir),
-             "--stage", f"stage{i}", "--steps", str(STEPS), "--metrics", str(METRICS), "--start-at", str(start_at)],
+             "--stage", f"stage{i}", "--steps", str(STEPS), "--metrics", str(METRICS),
+             "--ready", str(ready[i]), "--go", str(go)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for i in range(N_PROCS)
     ]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.05)
+    go.write_text("go")  # every run is open: all processes start logging at the same instant
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     for i, (p, out) in enumerate(zip(procs, outputs)):
         assert p.returncode == 0, f"stage{i} failed:\n{out[-3000:]}"
