@@ -6,6 +6,7 @@
 //   ET_SPARSE_MAX_DENSITY  a weight is run tile-sparse when its 16x16 tile density is below this
 //   ET_ATTN_SHORT_MAX      longest batch sequence that uses the whole-sequence attention operator
 //   ET_POISON_WORKSPACE=1  fill the workspace with NaNs before each forward (tests catch unwritten data)
+//   ET_DENSE_TANH_GELU=1   dense FFN1 uses cuBLASLt's fused tanh-GELU epilogue instead of exact erf GELU
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -192,12 +193,13 @@ class CudaEngine final : public Backend {
     short_max_ = static_cast<int>(env_number("ET_ATTN_SHORT_MAX", kDefaultShortMax));
     poison_ = env_number("ET_POISON_WORKSPACE", 0) != 0;
     const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
+    const bool tanh_gelu = env_number("ET_DENSE_TANH_GELU", 0) != 0;
 
     const Model& m = *model_;
     prepared_ = prepare_model(m, max_density);
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     try {
-      gemm_ = std::make_unique<DenseGemm>();
+      gemm_ = std::make_unique<DenseGemm>(tanh_gelu);
       word_ = upload_as<T>(m.word_emb);
       pos_ = upload_as<T>(m.pos_emb);
       type_ = upload_as<T>(m.type_emb);

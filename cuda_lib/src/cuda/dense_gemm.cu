@@ -21,7 +21,7 @@ constexpr cudaDataType_t data_type() {
 
 }  // namespace
 
-DenseGemm::DenseGemm() {
+DenseGemm::DenseGemm(bool tanh_gelu) : tanh_gelu_(tanh_gelu) {
   check_lt(cublasLtCreate(&handle_), "cublasLtCreate");
   const cudaError_t err = cudaMalloc(&workspace_, workspace_bytes_);
   if (err != cudaSuccess) {
@@ -44,7 +44,7 @@ DenseGemm::~DenseGemm() {
 DenseGemm::Plan& DenseGemm::plan(const Key& key, cudaDataType_t type) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
-  const auto [m, n, k, dtype] = key;
+  const auto [m, n, k, dtype, epilogue] = key;
   (void)dtype;
   Plan p;
   // Column-major view: y^T[n, m] = w[n, k] . x^T[k, m]; w row-major [n, k] is column-major [k, n].
@@ -52,7 +52,7 @@ DenseGemm::Plan& DenseGemm::plan(const Key& key, cudaDataType_t type) {
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "set TRANSA");
   check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "set TRANSB");
-  const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+  const auto epi = static_cast<cublasLtEpilogue_t>(epilogue);
   check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)), "set EPILOGUE");
   const int32_t bias_type = type;
   check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)),
@@ -85,7 +85,9 @@ template <typename T>
 void DenseGemm::run(const T* w, const T* x, const T* bias, const T* residual, T* y, int m, int n, int k, Epilogue epi,
                     cudaStream_t stream) {
   const bool with_residual = epi == Epilogue::kBiasResidual;
-  Plan& p = plan(Key{m, n, k, static_cast<int>(data_type<T>())}, data_type<T>());
+  const bool fused_gelu = epi == Epilogue::kBiasGelu && tanh_gelu_;
+  const cublasLtEpilogue_t lt_epi = fused_gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+  Plan& p = plan(Key{m, n, k, static_cast<int>(data_type<T>()), static_cast<int>(lt_epi)}, data_type<T>());
   check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
            "set BIAS_POINTER");
   const float alpha = 1.0f, beta = with_residual ? 1.0f : 0.0f;
@@ -93,7 +95,7 @@ void DenseGemm::run(const T* w, const T* x, const T* bias, const T* residual, T*
   check_lt(cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, c, p.c, y, p.c, &p.algo, workspace_,
                           workspace_bytes_, stream),
            "cublasLtMatmul");
-  if (epi == Epilogue::kBiasGelu) gelu_inplace(y, static_cast<int64_t>(m) * n, stream);
+  if (epi == Epilogue::kBiasGelu && !fused_gelu) gelu_inplace(y, static_cast<int64_t>(m) * n, stream);
 }
 
 template void DenseGemm::run<__half>(const __half*, const __half*, const __half*, const __half*, __half*, int, int,

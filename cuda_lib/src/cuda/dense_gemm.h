@@ -13,20 +13,22 @@ namespace et::cuda {
 
 class DenseGemm {
  public:
-  DenseGemm();
+  // tanh_gelu: fuse cuBLASLt's GELU epilogue (tanh approximation, |error| <= 4.8e-4, below fp16
+  // rounding of the activation) instead of the exact erf GELU pass.
+  explicit DenseGemm(bool tanh_gelu);
   ~DenseGemm();
   DenseGemm(const DenseGemm&) = delete;
   DenseGemm& operator=(const DenseGemm&) = delete;
 
   // y[m, n] = epilogue(x[m, k] . w[n, k]^T + bias (+ residual)), all row-major.
   // kBiasGelu runs cuBLASLt's bias epilogue then the exact (erf) GELU in one extra pass, since
-  // cuBLASLt's GELU epilogue is the tanh approximation.
+  // cuBLASLt's GELU epilogue is the tanh approximation (unless tanh_gelu).
   template <typename T>
   void run(const T* w, const T* x, const T* bias, const T* residual, T* y, int m, int n, int k, Epilogue epi,
            cudaStream_t stream);
 
  private:
-  using Key = std::tuple<int, int, int, int>;  // m, n, k, dtype
+  using Key = std::tuple<int, int, int, int, int>;  // m, n, k, dtype, cublasLtEpilogue_t
   struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -34,6 +36,7 @@ class DenseGemm {
   };
   Plan& plan(const Key& key, cudaDataType_t type);
 
+  bool tanh_gelu_;
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 32u << 20;
