@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <set>
@@ -304,7 +305,19 @@ class Loader {
   }
 
  private:
-  std::string file_path(const std::string& name) const { return dir_ + "/" + name; }
+  // dir_/name; a file that resolves (through a symlink) to a place outside dir_ is refused.
+  std::string file_path(const std::string& name) const {
+    const std::string path = dir_ + "/" + name;
+    std::error_code ec;
+    const std::filesystem::path real = std::filesystem::canonical(path, ec);
+    if (ec) return path;  // missing or unreadable: npy::read reports it
+    const std::filesystem::path root = std::filesystem::canonical(dir_, ec);
+    if (ec) return path;
+    const std::filesystem::path rel = real.lexically_relative(root);
+    if (rel.empty() || *rel.begin() == "..")
+      fail(ET_ERR_FORMAT, path + ": resolves to " + real.string() + ", outside the folder " + root.string());
+    return path;
+  }
 
   const ManifestTensor& record(const std::string& name, const std::vector<int64_t>& shape) {
     auto it = by_name_.find(name);
