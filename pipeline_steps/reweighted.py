@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .head_pruning import AttentionLayer
-from .tile_pruning import PrunableWeight, expand_tiles, fraction_below, tile_norms
+from .tile_pruning import PrunableWeight, expand_tiles, fraction_below, tile_energy
 
 _TINY = 1e-12
 
@@ -44,7 +44,7 @@ class ReweightedGroupLasso:
     @torch.no_grad()
     def tile_norms(self) -> dict[str, torch.Tensor]:
         """Current norm of every tile group, per weight."""
-        return {name: tile_norms(p.detach(), self.tile) for name, p in self.params.items()}
+        return {name: tile_energy(p, self.tile).sqrt() for name, p in self.params.items()}
 
     def _head_parts(self, att: AttentionLayer) -> list[tuple[torch.Tensor, int]]:
         return [(self.params[att.query.name], 0), (self.params[att.key.name], 0),
@@ -78,7 +78,7 @@ class ReweightedGroupLasso:
         """Group soft-thresholding: ``W_g *= max(0, 1 - step * penalty * alpha_g / ||W_g||)``."""
         lam = self.step_size * self.penalty_weight
         for name, p in self.params.items():
-            norms = tile_norms(p.detach(), self.tile)
+            norms = tile_energy(p, self.tile).sqrt()
             factor = (1.0 - lam * self.alpha_tiles[name] / norms.clamp_min(_TINY)).clamp_min(0.0)
             p.mul_(expand_tiles(factor, self.tile).to(p.dtype))
         for att in self.heads:

@@ -1,0 +1,99 @@
+"""ADMM: the tile-sparse projection is the Euclidean one; Z/U/rho updates follow the definitions."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline_steps import modeling
+from pipeline_steps.admm import ADMM, project_tile_sparse
+from pipeline_steps.mask_selection import SparsityPlan, select_masks
+from pipeline_steps.masking import element_masks_np
+from pipeline_steps.sensitivity import allocate
+from pipeline_steps.tile_pruning import model_prunable_weights, tile_energy
+from pruning_fixtures import random_batches, tiny_bert
+
+
+def _brute_force(x: torch.Tensor, tile, n_keep: int) -> float:
+    energy = tile_energy(x, tile).reshape(-1)
+    best = min(float(energy.sum() - energy[list(c)].sum()) for c in itertools.combinations(range(energy.numel()), n_keep))
+    return best ** 0.5
+
+
+@pytest.mark.parametrize("n_remove", [0, 1, 3, 5, 6])
+def test_projection_is_the_nearest_tile_sparse_matrix(n_remove):
+    torch.manual_seed(n_remove)
+    x = torch.randn(4, 6)
+    z = project_tile_sparse(x, (2, 2), n_remove)
+    assert int((tile_energy(z, (2, 2)) > 0).sum()) == 6 - n_remove
+    assert float((x - z).norm()) == pytest.approx(_brute_force(x, (2, 2), 6 - n_remove), rel=1e-6)
+    assert torch.equal(project_tile_sparse(z, (2, 2), n_remove), z)  # idempotent
+    kept = z != 0
+    assert torch.equal(z[kept], x[kept])  # kept tiles unchanged
+
+
+def _admm(model, rho=0.1, growth=2.0, every=2):
+    weights = model_prunable_weights(model)
+    plan = SparsityPlan(0.5, allocate(weights, 0.5, {"qkv": 1, "attn_output": 1, "ffn": 1}), (16, 16), 0)
+
+    def support(arrays):
+        return element_masks_np(weights, 4, select_masks(arrays, weights, 4, plan))
+
+    return ADMM(model, weights, support, (16, 16), rho=rho, rho_growth=growth, update_every=every), weights, support
+
+
+def test_z_starts_as_the_projection_and_the_penalty_is_rho_half_squared_distance():
+    model = tiny_bert()
+    admm, weights, support = _admm(model)
+    params = dict(model.named_parameters())
+    masks = support({w.name: params[w.name].detach().numpy() for w in weights})
+    for w in weights:
+        z = admm.Z[w.name]
+        mask = torch.from_numpy(masks[w.name])
+        assert torch.equal(z, params[w.name].detach() * mask)
+        if w.kind == "ffn":  # no attention rule: exactly the kept tiles
+            n_tiles = tile_energy(z, (16, 16)).numel()
+            assert int((tile_energy(z, (16, 16)) > 0).sum()) == n_tiles - round(0.5 * n_tiles)
+    term, logs = admm.extra_loss(model, None, None)
+    expected = 0.5 * 0.1 * sum(float((params[w.name] - admm.Z[w.name]).pow(2).sum()) for w in weights)
+    assert float(term) == pytest.approx(expected, rel=1e-5) and logs["prune.rho"] == 0.1
+    term.backward()
+    w0 = weights[0].name
+    assert torch.allclose(params[w0].grad, 0.1 * (params[w0].detach() - admm.Z[w0]), atol=1e-7)
+
+
+def test_update_projects_w_plus_u_accumulates_the_dual_and_grows_rho():
+    model = tiny_bert()
+    admm, weights, _ = _admm(model, rho=0.1, growth=2.0, every=2)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for w in weights:
+            admm.U[w.name].normal_(0.0, 0.01)
+    u_old = {n: u.clone() for n, u in admm.U.items()}
+    w_plus_u = {n: params[n].detach() + u_old[n] for n in u_old}
+    expected_z = admm.project(w_plus_u)
+    assert admm.after_step(1).get("prune.admm_primal_residual") is None  # not an update step
+    logs = admm.after_step(2)
+    assert admm.rho == pytest.approx(0.2) and logs["prune.admm_primal_residual"] > 0
+    for n in u_old:
+        assert torch.equal(admm.Z[n], expected_z[n])
+        assert torch.allclose(admm.U[n], u_old[n] + params[n].detach() - expected_z[n])
+
+
+def test_admm_training_pulls_w_toward_the_sparse_set():
+    model = tiny_bert()
+    admm, weights, _ = _admm(model, rho=5.0, growth=1.5, every=2)
+    params = dict(model.named_parameters())
+
+    def distance() -> float:
+        z = admm.project({w.name: params[w.name].detach() for w in weights})
+        return sum(float((params[n].detach() - z[n]).pow(2).sum()) for n in z) ** 0.5
+
+    before = distance()
+    modeling.train(model, random_batches(n_batches=4), epochs=3, learning_rate=3e-3, weight_decay=0.0,
+                   warmup_ratio=0.0, device=torch.device("cpu"), extra_loss=admm.extra_loss,
+                   after_step=admm.after_step)
+    assert distance() < 0.7 * before
