@@ -1,0 +1,81 @@
+"""The retrain stage: masks fixed bit-exactly through training, metrics, distillation, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipeline_steps import modeling, prune, retrain
+from pipeline_steps.masking import element_masks, mask_violations
+from pipeline_steps.tiles import ModelMasks, TileLayout
+from pruning_fixtures import stage_inputs, stage_params
+
+
+@pytest.fixture
+def pruned(tmp_path, mlflow_uri):
+    model, data, ft_metrics = stage_inputs(tmp_path / "in")
+    out = tmp_path / "prune"
+    argv = ["--run-dir", str(tmp_path / "run"), "--params", json.dumps(stage_params()), "--threads", "1",
+            "--sparsity", "0.6", "--model-dir", str(model), "--data-dir", str(data), "--out-dir", str(out)]
+    assert prune.main(argv) == 0
+    return {"teacher": model, "data": data, "ft": ft_metrics, "prune": out, "tmp": tmp_path}
+
+
+def _retrain(p, params, out_name="retrain", masks=None):
+    out = p["tmp"] / out_name
+    argv = ["--run-dir", str(p["tmp"] / "run"), "--params", json.dumps(params), "--threads", "1", "--seed", "13",
+            "--sparsity", "0.6", "--model-dir", str(p["prune"] / "model"), "--masks", str(masks or p["prune"] / "masks.json"),
+            "--teacher-dir", str(p["teacher"]), "--finetune-metrics", str(p["ft"]), "--data-dir", str(p["data"]),
+            "--out-dir", str(out)]
+    return retrain.main(argv), out
+
+
+@pytest.mark.parametrize("distill", [True, False])
+def test_retrain_keeps_masks_bit_exact_and_reports_metrics(pruned, distill):
+    params = stage_params()
+    params["retrain"]["distill"]["enabled"] = distill
+    rc, out = _retrain(pruned, params)
+    assert rc == 0
+    before = modeling.load_classifier(pruned["prune"] / "model")
+    after = modeling.load_classifier(out / "model")
+    masks = ModelMasks.load(out / "masks.json")
+    assert (out / "masks.json").read_text() == (pruned["prune"] / "masks.json").read_text()
+    emasks = element_masks(after, masks)
+    assert mask_violations(after, emasks) == {}
+    b, a = dict(before.named_parameters()), dict(after.named_parameters())
+    for name, m in emasks.items():
+        assert torch.all(a[name].detach()[~m] == 0) and torch.all(b[name].detach()[~m] == 0)
+        assert not torch.equal(a[name].detach()[m], b[name].detach()[m])  # kept weights were trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "f1", "weight_sparsity", "tile_sparsity", "heads_pruned", "accuracy_drop", "sparsity",
+                "encoder_flops_per_token", "dense_encoder_flops_per_token"):
+        assert key in metrics, key
+    assert metrics["accuracy_drop"] == pytest.approx(0.75 - metrics["accuracy"])
+    prune_metrics = json.loads((pruned["prune"] / "metrics.json").read_text())
+    assert metrics["tile_sparsity"] == prune_metrics["tile_sparsity"]
+    assert metrics["weight_sparsity"] >= metrics["tile_sparsity"] - 1e-9
+
+
+def test_retrain_rejects_a_model_that_violates_its_masks(pruned, capsys):
+    masks = ModelMasks.load(pruned["prune"] / "masks.json")
+    name = sorted(masks.layouts)[0]
+    lay = masks.layouts[name]
+    fewer = TileLayout(lay.shape, lay.tile, lay.kept[1:])  # a kept, non-zero tile is now declared removed
+    bad = pruned["tmp"] / "bad_masks.json"
+    ModelMasks({**masks.layouts, name: fewer}, masks.pruned_heads).save(bad)
+    rc, out = _retrain(pruned, stage_params(), "bad", masks=bad)
+    assert rc == 1 and not out.exists()
+    assert "non-zero outside" in capsys.readouterr().err
+
+
+def test_retrain_needs_a_teacher_for_distillation(pruned, capsys):
+    p = dict(pruned)
+    argv_params = stage_params()
+    out = p["tmp"] / "nt"
+    argv = ["--run-dir", str(p["tmp"] / "run"), "--params", json.dumps(argv_params), "--sparsity", "0.6",
+            "--model-dir", str(p["prune"] / "model"), "--masks", str(p["prune"] / "masks.json"),
+            "--data-dir", str(p["data"]), "--out-dir", str(out)]
+    assert retrain.main(argv) == 1 and not out.exists()
+    assert "--teacher-dir" in capsys.readouterr().err
