@@ -30,6 +30,7 @@ from .stage import base_parser, setup_runtime
 from .sweep_stage import add_sweep_args, branch_name, evaluate, load_data, run_main, section, sparsity_metrics, \
     write_outputs
 from .tile_pruning import model_prunable_weights
+from .tiles import ModelMasks
 
 PRUNE_KEYS = ("algorithm", "tile", "kinds", "head_pruning", "policy", "structured_share", "epochs", "batch_size",
               "learning_rate", "max_train_examples", "below_threshold", "sensitivity", "reweighted", "admm", "device")
@@ -102,6 +103,17 @@ def train_toward_sparsity(model, weights, plan: SparsityPlan, data, cfg: dict, s
     raise ValueError(f"prune.algorithm: unknown algorithm {cfg['algorithm']!r} (reweighted, admm)")
 
 
+def hard_prune(model, weights, plan: SparsityPlan) -> tuple[ModelMasks, dict]:
+    """Select the plan's masks from the current weights, zero everything removed, and check it."""
+    masks = select_masks(weight_arrays(model, weights), weights, model.config.num_attention_heads, plan)
+    emasks = element_masks(model, masks)
+    apply_masks(model, emasks)
+    bad = mask_violations(model, emasks)
+    if bad:
+        raise RuntimeError(f"hard pruning left non-zero elements outside the masks: {bad}")
+    return masks, emasks
+
+
 def prune(args) -> None:
     """The stage body."""
     cfg = section(args.params, "prune", PRUNE_KEYS)
@@ -119,12 +131,7 @@ def prune(args) -> None:
         plan = make_plan(model, weights, data, cfg, target, args.seed, device, run)
         plan_seconds = time.monotonic() - started
         summary = train_toward_sparsity(model, weights, plan, data, cfg, args.seed, device, run)
-        masks = select_masks(weight_arrays(model, weights), weights, model.config.num_attention_heads, plan)
-        emasks = element_masks(model, masks)
-        apply_masks(model, emasks)
-        bad = mask_violations(model, emasks)
-        if bad:
-            raise RuntimeError(f"hard pruning left non-zero elements outside the masks: {bad}")
+        masks, emasks = hard_prune(model, weights, plan)
         dev = evaluate(model, data, cfg["batch_size"], device, desc="dev (pruned)")
         metrics = {f"{k}_before_retrain": v for k, v in dev.items()}
         metrics.update(sparsity_metrics(model, masks, emasks, max_length, target))

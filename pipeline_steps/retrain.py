@@ -41,6 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     return run_main("retrain", lambda: retrain(args))
 
 
+def retrain_masked(model, emasks: dict, data, cfg: dict, extra, device, run, seed: int) -> dict:
+    """Fine-tune ``model`` with ``emasks`` enforced; raises if any removed element is non-zero afterwards."""
+    model.to(device)
+    emasks = {k: v.to(device) for k, v in emasks.items()}
+    loader = modeling.make_loader(data.train, cfg["batch_size"], shuffle=True, seed=seed)
+    with MaskEnforcer(model, emasks) as enforcer:
+        summary = modeling.train(model, loader, epochs=cfg["epochs"], learning_rate=cfg["learning_rate"],
+                                 weight_decay=cfg["weight_decay"], warmup_ratio=cfg["warmup_ratio"], device=device,
+                                 run=run, desc="retrain", extra_loss=extra, after_step=enforcer.after_step)
+    bad = mask_violations(model, emasks)
+    if bad:
+        raise RuntimeError(f"retraining revived pruned elements: {bad}")
+    return summary
+
+
 def retrain(args) -> None:
     """The stage body."""
     cfg = section(args.params, "retrain", RETRAIN_KEYS)
@@ -69,17 +84,7 @@ def retrain(args) -> None:
     tags = {"sparsity": f"{args.sparsity:g}", "distill": str(distill["enabled"]).lower()}
     with tracking.stage_run(args.run_dir, branch_name("retrain", args.sparsity), args.params, tags=tags) as run:
         started = time.monotonic()
-        model.to(device)
-        emasks = {k: v.to(device) for k, v in emasks.items()}
-        loader = modeling.make_loader(data.train, cfg["batch_size"], shuffle=True, seed=args.seed)
-        with MaskEnforcer(model, emasks) as enforcer:
-            summary = modeling.train(model, loader, epochs=cfg["epochs"], learning_rate=cfg["learning_rate"],
-                                     weight_decay=cfg["weight_decay"], warmup_ratio=cfg["warmup_ratio"],
-                                     device=device, run=run, desc="retrain", extra_loss=extra,
-                                     after_step=enforcer.after_step)
-        bad = mask_violations(model, emasks)
-        if bad:
-            raise RuntimeError(f"retraining revived pruned elements: {bad}")
+        summary = retrain_masked(model, emasks, data, cfg, extra, device, run, args.seed)
         metrics = evaluate(model, data, cfg["batch_size"], device, desc="dev (retrained)")
         if reference is not None and "accuracy" in metrics:
             metrics["accuracy_drop"] = float(reference) - metrics["accuracy"]

@@ -69,9 +69,9 @@ class ReweightedGroupLasso:
     @torch.no_grad()
     def penalty(self) -> float:
         """Current value of ``penalty * sum_g alpha_g ||W_g||``."""
-        total = sum(float((self.alpha_tiles[n] * norm).sum()) for n, norm in self.tile_norms().items())
-        total += sum(float((self.alpha_heads[att.layer] * self.head_norms(att)).sum()) for att in self.heads)
-        return self.penalty_weight * total
+        total = sum((self.alpha_tiles[n] * norm).sum() for n, norm in self.tile_norms().items())
+        total = total + sum((self.alpha_heads[att.layer] * self.head_norms(att)).sum() for att in self.heads)
+        return self.penalty_weight * float(total)
 
     @torch.no_grad()
     def prox_step(self) -> None:

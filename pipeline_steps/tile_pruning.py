@@ -179,8 +179,7 @@ def fraction_below(weights: dict[str, torch.Tensor], tile: tuple[int, int], rati
     below, total = 0, 0
     for w in weights.values():
         energy = tile_energy(w, tile)
-        rms_weight = float(w.detach().float().pow(2).mean().sqrt())
-        rms_tiles = (energy / (tile[0] * tile[1])).sqrt()
-        below += int((rms_tiles < ratio * rms_weight).sum()) if rms_weight > 0 else energy.numel()
+        mean_tile_energy = energy.mean()  # = RMS(weight)^2 * tile area
+        below = below + (energy < (ratio ** 2) * mean_tile_energy).sum() + (mean_tile_energy == 0) * energy.numel()
         total += energy.numel()
-    return below / max(total, 1)
+    return float(below) / max(total, 1)
