@@ -59,7 +59,7 @@ def test_z_starts_as_the_projection_and_the_penalty_is_rho_half_squared_distance
             assert int((tile_energy(z, (16, 16)) > 0).sum()) == n_tiles - round(0.5 * n_tiles)
     term, logs = admm.extra_loss(model, None, None)
     expected = 0.5 * 0.1 * sum(float((params[w.name].detach() - admm.Z[w.name]).pow(2).sum()) for w in weights)
-    assert float(term) == pytest.approx(expected, rel=1e-5) and logs["prune.rho"] == 0.1
+    assert float(term.detach()) == pytest.approx(expected, rel=1e-5) and logs["prune.rho"] == 0.1
     term.backward()
     w0 = weights[0].name
     assert torch.allclose(params[w0].grad, 0.1 * (params[w0].detach() - admm.Z[w0]), atol=1e-7)
