@@ -10,6 +10,7 @@ at the end of a ``with`` block.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from pathlib import Path
@@ -62,6 +63,11 @@ _CDEF, CONSTANTS = header_declarations(HEADER.read_text())
 _ffi.cdef(_CDEF)
 _libs: dict[str, Any] = {}
 _libs_lock = threading.Lock()
+# OpenMP threads that spin at barriers starve the thread they wait for when the machine has more
+# runnable threads than cores (a shared CI box, parallel Snakemake jobs): a forward pass on 2 threads
+# was measured 7-20x slower with spinning than with sleeping waits. Read by libgomp when libet is
+# first loaded; an explicit setting in the environment wins.
+OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def ffi() -> FFI:
@@ -77,6 +83,8 @@ def load_library(lib_path: str | Path) -> Any:
     key = str(path)
     with _libs_lock:
         if key not in _libs:
+            for name, value in OMP_ENV.items():
+                os.environ.setdefault(name, value)
             _libs[key] = _ffi.dlopen(key)
         return _libs[key]
 

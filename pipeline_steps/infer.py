@@ -10,6 +10,7 @@ per batch) and throughput of the library.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import glue, modeling, stage, tracking
-from .engine import Engine
+from .engine import OMP_ENV, Engine
 
 EXE_TOLERANCE = 1e-6  # relative to the logit scale; the executable calls the same library
 
@@ -61,7 +62,7 @@ def run_executable(exe: Path, manifest: Path, tokens: np.ndarray, segments: np.n
            str(files["lengths"]), "--segments", str(files["segments"]), "--chunk", str(batch_size),
            "--backend", backend, "--threads", str(threads), "--iters", "5", "--warmup", "1",
            "--out", str(files["exe_logits"])]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**OMP_ENV, **os.environ})
     if proc.returncode != 0:
         raise InferError(f"et_infer failed with exit code {proc.returncode}: {proc.stderr.strip()}")
     print(proc.stdout, end="")
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"infer: backend {engine.backend} on {engine.device}; {lengths.size} sequences, "
                   f"{tokens.size} tokens, batches of {batch_size}", flush=True)
             logits, times = run_library(engine, tokens, segments, lengths, batch_size)
-            info = {"backend": engine.backend, "device": engine.device, **engine.info}
+            info = {**engine.info, "backend": engine.backend, "device": engine.device}
 
         model = modeling.load_classifier(args.model_dir)
         loader = modeling.make_loader(encoded, batch_size, shuffle=False)

@@ -20,11 +20,17 @@
 namespace et {
 namespace {
 
+// Below these amounts of work a parallel region's fork/join costs more than it saves (and on a
+// busy machine a descheduled thread stalls the barrier), so the loop runs on one thread.
+constexpr int64_t kMinParallelElements = int64_t(1) << 16;
+constexpr int64_t kMinParallelAttentionMacs = int64_t(1) << 18;
+
 using cpu::Epilogue;
 using cpu::PackedLinear;
 
 struct CpuLayer {
-  PackedLinear q, k, v, o, ffn1, ffn2;
+  PackedLinear qkv;  // Q, K and V side by side: one pass over the input, outputs [tokens, 3 * hidden]
+  PackedLinear o, ffn1, ffn2;
   std::vector<int> active_heads;
 };
 
@@ -67,9 +73,7 @@ class CpuBackend final : public Backend {
         if (head_kept[size_t(h)]) cl.active_heads.push_back(h);
         for (int i = 0; i < head_dim_; ++i) dims[size_t(h * head_dim_ + i)] = head_kept[size_t(h)];
       }
-      cl.q = cpu::pack_linear(L.q, dims);
-      cl.k = cpu::pack_linear(L.k, dims);
-      cl.v = cpu::pack_linear(L.v, dims);
+      cl.qkv = cpu::concat_outputs({cpu::pack_linear(L.q, dims), cpu::pack_linear(L.k, dims), cpu::pack_linear(L.v, dims)});
       cl.o = cpu::pack_linear(L.o, {}, dims);
       cl.ffn1 = cpu::pack_linear(L.ffn1);
       cl.ffn2 = cpu::pack_linear(L.ffn2);
@@ -118,9 +122,7 @@ class CpuBackend final : public Backend {
     const RowLayout l = layout(b);
     const int64_t H = c.hidden, I = c.intermediate;
     x_.resize(size_t(l.rows * H));
-    q_.resize(x_.size());
-    k_.resize(x_.size());
-    v_.resize(x_.size());
+    qkv_.resize(x_.size() * 3);
     ctx_.resize(x_.size());
     tmp_.resize(x_.size());
     ffn_.resize(size_t(l.rows * I));
@@ -129,9 +131,7 @@ class CpuBackend final : public Backend {
     for (size_t li = 0; li < layers_.size(); ++li) {
       const CpuLayer& L = layers_[li];
       const Layer& src = model_->layers[li];
-      cpu::linear_forward(L.q, x_.data(), H, l.rows, q_.data(), H, Epilogue::kBias, threads_);
-      cpu::linear_forward(L.k, x_.data(), H, l.rows, k_.data(), H, Epilogue::kBias, threads_);
-      cpu::linear_forward(L.v, x_.data(), H, l.rows, v_.data(), H, Epilogue::kBias, threads_);
+      cpu::linear_forward(L.qkv, x_.data(), H, l.rows, qkv_.data(), 3 * H, Epilogue::kBias, threads_);
       attention(L, l);
       cpu::linear_forward(L.o, ctx_.data(), H, l.rows, tmp_.data(), H, Epilogue::kBias, threads_);
       add_layer_norm(tmp_.data(), l.rows, src.ln1_gamma, src.ln1_beta);
@@ -173,7 +173,7 @@ class CpuBackend final : public Backend {
         }
       }
     }
-#pragma omp parallel for schedule(static) num_threads(threads_)
+#pragma omp parallel for schedule(static) num_threads(threads_) if (l.rows * H >= kMinParallelElements)
     for (int64_t r = 0; r < l.rows; ++r) {
       const float* w = m.word_emb.data() + int64_t(ids[size_t(r)]) * H;
       const float* ty = m.type_emb.data() + int64_t(segs[size_t(r)]) * H;
@@ -188,7 +188,7 @@ class CpuBackend final : public Backend {
   void add_layer_norm(const float* delta, int64_t rows, const std::vector<float>& gamma,
                       const std::vector<float>& beta) {
     const int64_t H = model_->cfg.hidden;
-#pragma omp parallel for schedule(static) num_threads(threads_)
+#pragma omp parallel for schedule(static) num_threads(threads_) if (rows * H >= kMinParallelElements)
     for (int64_t r = 0; r < rows; ++r) {
       float* out = x_.data() + r * H;
       const float* d = delta + r * H;
@@ -211,12 +211,14 @@ class CpuBackend final : public Backend {
 
   // ctx = softmax(Q K^T / sqrt(d) + mask) V per sequence and active head; pruned heads are skipped.
   void attention(const CpuLayer& L, const RowLayout& l) {
-    const int64_t H = model_->cfg.hidden;
+    const int64_t H = model_->cfg.hidden, ld = 3 * H;  // rows of qkv_: [q | k | v]
     const int d = head_dim_;
     const float scale = 1.0f / std::sqrt(float(d));
     const int64_t n_heads = int64_t(L.active_heads.size());
     const int64_t items = int64_t(l.start.size()) * n_heads;
-#pragma omp parallel num_threads(threads_)
+    int64_t macs = 0;
+    for (int32_t n : l.rows_of) macs += 2 * int64_t(n) * n * d * n_heads;
+#pragma omp parallel num_threads(threads_) if (items > 1 && macs >= kMinParallelAttentionMacs)
     {
       std::vector<float> kt, scores, acc(static_cast<size_t>(d));
 #pragma omp for schedule(dynamic, 1)
@@ -228,9 +230,9 @@ class CpuBackend final : public Backend {
         kt.resize(size_t(d) * n);
         scores.resize(size_t(n));
         for (int j = 0; j < n; ++j)
-          for (int e = 0; e < d; ++e) kt[size_t(e) * n + j] = k_[size_t((row0 + j) * H + col + e)];
+          for (int e = 0; e < d; ++e) kt[size_t(e) * n + j] = qkv_[size_t((row0 + j) * ld + H + col + e)];
         for (int i = 0; i < n; ++i) {
-          const float* q = q_.data() + (row0 + i) * H + col;
+          const float* q = qkv_.data() + (row0 + i) * ld + col;
           std::fill(scores.begin(), scores.end(), 0.0f);
           for (int e = 0; e < d; ++e) {
             const float qe = q[e];
@@ -251,7 +253,7 @@ class CpuBackend final : public Backend {
           std::fill(acc.begin(), acc.end(), 0.0f);
           for (int j = 0; j < n; ++j) {  // padded keys have probability exactly 0
             const float pj = scores[size_t(j)] * inv;
-            const float* v = v_.data() + (row0 + j) * H + col;
+            const float* v = qkv_.data() + (row0 + j) * ld + 2 * H + col;
             for (int e = 0; e < d; ++e) acc[size_t(e)] += pj * v[e];
           }
           std::copy(acc.begin(), acc.end(), ctx_.data() + (row0 + i) * H + col);
@@ -267,7 +269,7 @@ class CpuBackend final : public Backend {
   int head_dim_ = 0;
   std::string device_;
   std::mutex mu_;
-  std::vector<float> x_, q_, k_, v_, ctx_, tmp_, ffn_;  // workspace, reused across calls
+  std::vector<float> x_, qkv_, ctx_, tmp_, ffn_;  // workspace, reused across calls
 };
 
 }  // namespace

@@ -23,6 +23,7 @@ constexpr int kRowBlock = 12;  // rows of x per micro-kernel call (accumulators 
 constexpr int kRowBlock = 6;
 #endif
 constexpr int kChunkRows = 8 * kRowBlock;  // rows of x per parallel work item
+constexpr int64_t kMinParallelMacs = int64_t(1) << 18;  // below this a fork/join costs more than it saves
 
 // The weight as a dense row-major matrix plus which elements are stored.
 void materialise(const Linear& lin, std::vector<float>& w, std::vector<bool>& stored) {
@@ -145,12 +146,36 @@ PackedLinear pack_linear(const Linear& lin, const std::vector<bool>& keep_rows, 
   return p;
 }
 
+PackedLinear concat_outputs(const std::vector<PackedLinear>& parts) {
+  PackedLinear all;
+  all.in = parts.empty() ? 0 : parts[0].in;
+  for (const PackedLinear& p : parts) {
+    const int seg0 = int(all.segments.size());
+    const int64_t data0 = int64_t(all.data.size());
+    for (PackedLinear::Panel panel : p.panels) {
+      panel.row0 += all.out;
+      panel.seg_begin += seg0;
+      panel.seg_end += seg0;
+      all.panels.push_back(panel);
+    }
+    for (PackedLinear::Segment seg : p.segments) {
+      seg.offset += data0;
+      all.segments.push_back(seg);
+    }
+    all.data.insert(all.data.end(), p.data.begin(), p.data.end());
+    all.bias.insert(all.bias.end(), p.bias.begin(), p.bias.end());
+    all.out += p.out;
+  }
+  return all;
+}
+
 void linear_forward(const PackedLinear& p, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
                     Epilogue epilogue, int threads) {
   const int64_t n_chunks = (n + kChunkRows - 1) / kChunkRows;
   const int64_t n_panels = int64_t(p.panels.size());
   const int64_t items = n_chunks * n_panels;
-#pragma omp parallel for schedule(static) num_threads(threads) if (items > 1)
+  const bool parallel = items > 1 && threads > 1 && n * p.macs_per_row() >= kMinParallelMacs;
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t chunk = item / n_panels;
     const PackedLinear::Panel& panel = p.panels[size_t(item % n_panels)];

@@ -43,9 +43,13 @@ struct PackedLinear {
 PackedLinear pack_linear(const Linear& lin, const std::vector<bool>& keep_rows = {},
                          const std::vector<bool>& keep_cols = {});
 
+// One layer computing several layers' outputs side by side: y = [y_0 | y_1 | ...] (same input).
+PackedLinear concat_outputs(const std::vector<PackedLinear>& parts);
+
 enum class Epilogue { kBias, kBiasGelu, kBiasTanh };
 
 // y[i, r] = epilogue(sum_k x[i, k] W[r, k] + b[r]) for i < n, for every computed row r.
+// Runs on `threads` OpenMP threads when the work is large enough to pay for the fork/join.
 void linear_forward(const PackedLinear& p, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
                     Epilogue epilogue, int threads);
 
