@@ -5,6 +5,7 @@ rule retrain:
         model=rules.prune.output.model,
         masks=rules.prune.output.masks,
         teacher=rules.finetune.output.model,
+        finetune_metrics=rules.finetune.output.metrics,
         train=rules.prepare_data.output.train,
         dev=rules.prepare_data.output.dev,
         task=rules.prepare_data.output.task,
@@ -22,7 +23,7 @@ rule retrain:
     shell:
         "{PY}.retrain --run-dir {R} --params {params.cfg:q} --threads {threads} --seed {config[seed]}"
         " --sparsity {wildcards.sparsity} --model-dir {input.model} --masks {input.masks}"
-        " --teacher-dir {input.teacher} --finetune-metrics {R}/finetune/metrics.json --data-dir {R}/data"
+        " --teacher-dir {input.teacher} --finetune-metrics {input.finetune_metrics} --data-dir {R}/data"
         " --out-dir {R}/retrain/s{wildcards.sparsity} 2>&1 | tee {log}"
 
 
