@@ -29,7 +29,7 @@ from .sensitivity import allocate, head_importance, layer_sensitivity, layer_wei
 from .stage import base_parser, setup_runtime
 from .sweep_stage import add_sweep_args, branch_name, evaluate, load_data, run_main, section, sparsity_metrics, \
     write_outputs
-from .tile_pruning import model_prunable_weights
+from .tile_pruning import check_tile, model_prunable_weights
 from .tiles import ModelMasks
 
 PRUNE_KEYS = ("algorithm", "tile", "kinds", "head_pruning", "policy", "structured_share", "epochs", "batch_size",
@@ -125,6 +125,8 @@ def prune(args) -> None:
     data = load_data(args.data_dir, args.model_dir, max_length, cfg["max_train_examples"], args.seed)
     model = modeling.load_classifier(args.model_dir)
     weights = model_prunable_weights(model)
+    for w in weights:  # prune.tile must divide every weight (hidden and intermediate sizes) before any work
+        check_tile(w.shape, tuple(cfg["tile"]), w.name)
     tags = {"sparsity": f"{target:g}", "algorithm": cfg["algorithm"], "policy": cfg["policy"]}
     with tracking.stage_run(args.run_dir, branch_name("prune", target), args.params, tags=tags) as run:
         started = time.monotonic()

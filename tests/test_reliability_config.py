@@ -105,3 +105,26 @@ def test_snakemake_stops_before_any_stage(tmp_path: Path, case: str) -> None:
     assert "invalid configuration" in out and expected in out, out[-2000:]
     for written in ("results", "logs", "benchmarks", "mlflow.db", "mlartifacts"):
         assert not (tmp_path / written).exists(), written
+
+
+def test_tile_not_dividing_hidden_size_fails_before_pruning(tmp_path: Path, mlflow_uri, capsys) -> None:
+    """prune.tile passes the schema (multiples of 8) but 24 does not divide the model's hidden size 64:
+    the prune stage exits 1 naming the first weight, its shape and the key, before opening its MLflow
+    run or training, and writes nothing."""
+    import json
+
+    from pipeline_steps import prune, tracking
+    from pruning_fixtures import stage_inputs, stage_params
+
+    model, data, _ = stage_inputs(tmp_path / "in")
+    params = stage_params()
+    params["prune"]["tile"] = [24, 24]
+    out = tmp_path / "prune" / "s0.5"
+    code = prune.main(["--run-dir", str(tmp_path / "run"), "--params", json.dumps(params), "--threads", "1",
+                       "--sparsity", "0.5", "--model-dir", str(model), "--data-dir", str(data), "--out-dir", str(out)])
+    assert code == 1
+    assert ("prune: error: bert.encoder.layer.0.attention.self.query.weight: tile shape 24x24 does not divide "
+            "weight shape 64x64 (prune.tile)") in capsys.readouterr().err
+    assert not out.exists()
+    runs = tracking.client(mlflow_uri).search_runs([e.experiment_id for e in tracking.client(mlflow_uri).search_experiments()])
+    assert [r for r in runs if r.data.tags.get("stage", "").startswith("prune")] == []
