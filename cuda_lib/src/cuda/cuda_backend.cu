@@ -175,6 +175,13 @@ struct Shape {
   }
 };
 
+// Activation buffers (capacity rows_cap x width), batch index arrays and host staging of a forward.
+struct Workspace {
+  int rows_cap = 0, batch_cap = 0;
+  DeviceBuffer idx, x, x2, tmp, qkv, att, ffn, logits, hidden;
+  PinnedBuffer idx_host, logits_host;
+};
+
 template <typename T>
 class CudaEngine final : public Backend {
  public:
@@ -234,8 +241,8 @@ class CudaEngine final : public Backend {
     execute(s, (b.flags & ET_FORWARD_NO_GRAPH) == 0);
     const int labels = model_->cfg.labels, H = model_->cfg.hidden;
     if (hidden) {
-      gather_rows_f32(ws_.x.template as<T>(), idx(ws_.rows_cap * 3 + ws_.batch_cap * 3), static_cast<int>(b.total_tokens),
-                      H, ws_.hidden.template as<float>(), stream_);
+      gather_rows_f32(ws_.x.as<T>(), idx(ws_.rows_cap * 3 + ws_.batch_cap * 3), static_cast<int>(b.total_tokens), H,
+                      ws_.hidden.as<float>(), stream_);
     }
     check(cudaMemcpyAsync(ws_.logits_host.as<float>(), ws_.logits.as<float>(),
                           sizeof(float) * static_cast<size_t>(b.batch) * labels, cudaMemcpyDeviceToHost, stream_),
@@ -272,12 +279,6 @@ class CudaEngine final : public Backend {
   }
 
  private:
-  struct Workspace {
-    int rows_cap = 0, batch_cap = 0;
-    DeviceBuffer idx, x, x2, tmp, qkv, att, ffn, logits, hidden;
-    PinnedBuffer idx_host, logits_host;
-  };
-
   const int32_t* idx(int offset) const { return ws_.idx.as<int32_t>() + offset; }
 
   // Grow the workspace to hold `rows` activation rows and `batch` sequences. On failure everything is

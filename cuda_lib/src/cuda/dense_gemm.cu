@@ -1,7 +1,11 @@
 // cuBLASLt GEMMs with the bias (and residual via beta = 1) epilogue; plans cached per shape.
 #include "dense_gemm.h"
 
+#include <cublasLt.h>
+
+#include <map>
 #include <string>
+#include <tuple>
 
 #include "kernels.h"
 
@@ -21,29 +25,47 @@ constexpr cudaDataType_t data_type() {
 
 }  // namespace
 
-DenseGemm::DenseGemm(bool tanh_gelu) : tanh_gelu_(tanh_gelu) {
-  check_lt(cublasLtCreate(&handle_), "cublasLtCreate");
-  const cudaError_t err = cudaMalloc(&workspace_, workspace_bytes_);
-  if (err != cudaSuccess) {
-    cublasLtDestroy(handle_);
-    check(err, "cudaMalloc(cuBLASLt workspace)");
-  }
-}
+struct DenseGemm::Impl {
+  using Key = std::tuple<int, int, int, int, int>;  // m, n, k, dtype, cublasLtEpilogue_t
+  struct Plan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
 
-DenseGemm::~DenseGemm() {
-  for (auto& [key, p] : plans_) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.desc);
+  explicit Impl(bool tanh) : tanh_gelu(tanh) {
+    check_lt(cublasLtCreate(&handle), "cublasLtCreate");
+    const cudaError_t err = cudaMalloc(&workspace, workspace_bytes);
+    if (err != cudaSuccess) {
+      cublasLtDestroy(handle);
+      check(err, "cudaMalloc(cuBLASLt workspace)");
+    }
   }
-  cudaFree(workspace_);
-  cublasLtDestroy(handle_);
-}
+  ~Impl() {
+    for (auto& [key, p] : plans) {
+      cublasLtMatrixLayoutDestroy(p.a);
+      cublasLtMatrixLayoutDestroy(p.b);
+      cublasLtMatrixLayoutDestroy(p.c);
+      cublasLtMatmulDescDestroy(p.desc);
+    }
+    cudaFree(workspace);
+    cublasLtDestroy(handle);
+  }
+  Plan& plan(const Key& key, cudaDataType_t type);
 
-DenseGemm::Plan& DenseGemm::plan(const Key& key, cudaDataType_t type) {
-  auto it = plans_.find(key);
-  if (it != plans_.end()) return it->second;
+  bool tanh_gelu;
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 32u << 20;
+  std::map<Key, Plan> plans;
+};
+
+DenseGemm::DenseGemm(bool tanh_gelu) : impl_(std::make_unique<Impl>(tanh_gelu)) {}
+DenseGemm::~DenseGemm() = default;
+
+DenseGemm::Impl::Plan& DenseGemm::Impl::plan(const Key& key, cudaDataType_t type) {
+  auto it = plans.find(key);
+  if (it != plans.end()) return it->second;
   const auto [m, n, k, dtype, epilogue] = key;
   (void)dtype;
   Plan p;
@@ -62,12 +84,12 @@ DenseGemm::Plan& DenseGemm::plan(const Key& key, cudaDataType_t type) {
   check_lt(cublasLtMatrixLayoutCreate(&p.c, type, n, m, n), "layout C");
   cublasLtMatmulPreference_t pref = nullptr;
   check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
-                                       sizeof(workspace_bytes_));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
+                                       sizeof(workspace_bytes));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+      cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
     cublasLtMatrixLayoutDestroy(p.a);
@@ -78,22 +100,22 @@ DenseGemm::Plan& DenseGemm::plan(const Key& key, cudaDataType_t type) {
                                     std::to_string(k) + " GEMM");
   }
   p.algo = result.algo;
-  return plans_.emplace(key, p).first->second;
+  return plans.emplace(key, p).first->second;
 }
 
 template <typename T>
 void DenseGemm::run(const T* w, const T* x, const T* bias, const T* residual, T* y, int m, int n, int k, Epilogue epi,
                     cudaStream_t stream) {
   const bool with_residual = epi == Epilogue::kBiasResidual;
-  const bool fused_gelu = epi == Epilogue::kBiasGelu && tanh_gelu_;
+  const bool fused_gelu = epi == Epilogue::kBiasGelu && impl_->tanh_gelu;
   const cublasLtEpilogue_t lt_epi = fused_gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
-  Plan& p = plan(Key{m, n, k, static_cast<int>(data_type<T>()), static_cast<int>(lt_epi)}, data_type<T>());
+  Impl::Plan& p = impl_->plan(Impl::Key{m, n, k, static_cast<int>(data_type<T>()), static_cast<int>(lt_epi)}, data_type<T>());
   check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
            "set BIAS_POINTER");
   const float alpha = 1.0f, beta = with_residual ? 1.0f : 0.0f;
   const T* c = with_residual ? residual : y;
-  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, c, p.c, y, p.c, &p.algo, workspace_,
-                          workspace_bytes_, stream),
+  check_lt(cublasLtMatmul(impl_->handle, p.desc, &alpha, w, p.a, x, p.b, &beta, c, p.c, y, p.c, &p.algo,
+                          impl_->workspace, impl_->workspace_bytes, stream),
            "cublasLtMatmul");
   if (epi == Epilogue::kBiasGelu && !fused_gelu) gelu_inplace(y, static_cast<int64_t>(m) * n, stream);
 }

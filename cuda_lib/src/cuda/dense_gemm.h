@@ -1,11 +1,10 @@
 // Dense GEMMs through cuBLASLt with fused epilogues, for weights too dense for the tile-sparse kernel.
+// (cuBLASLt's header stays inside dense_gemm.cu.)
 #pragma once
 
-#include <cublasLt.h>
 #include <cuda_runtime.h>
 
-#include <map>
-#include <tuple>
+#include <memory>
 
 #include "common.cuh"
 
@@ -28,19 +27,8 @@ class DenseGemm {
            cudaStream_t stream);
 
  private:
-  using Key = std::tuple<int, int, int, int, int>;  // m, n, k, dtype, cublasLtEpilogue_t
-  struct Plan {
-    cublasLtMatmulDesc_t desc = nullptr;
-    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-    cublasLtMatmulAlgo_t algo{};
-  };
-  Plan& plan(const Key& key, cudaDataType_t type);
-
-  bool tanh_gelu_;
-  cublasLtHandle_t handle_ = nullptr;
-  void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 32u << 20;
-  std::map<Key, Plan> plans_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace et::cuda

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# One GPU-machine session of the CUDA backend: build libet with the CUDA backend there, then run the
+# requested steps, each under its own time limit, logging under $OUT (default /tmp/et-gpu-out):
+#   check     correctness vs float64 PyTorch and the CPU backend   (cuda_lib/gpu/check.py)
+#   sanitize  compute-sanitizer memcheck + racecheck on a small ragged case (et_infer)
+#   perf      the issue's performance targets and switch points      (cuda_lib/gpu/perf.py)
+#   ncu       per-kernel profile of one dense and one 80%-sparse forward (ncu --clock-control none)
+#   bench     python -m pipeline_steps.bench --standalone (writes BENCHMARKS.md; outputs tarred)
+#   prune     scripts/gpu_prune_check.py, when present
+# Usage, from the repository root:  cuda_lib/gpu/run_all.sh check sanitize perf
+set -u -o pipefail
+OUT=${OUT:-/tmp/et-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+ROOT=$(pwd)
+SUMMARY=()
+
+if compgen -G ".whl/*.whl" >/dev/null; then  # packages the GPU image lacks (cffi, jsonschema, ...)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT"
+
+{
+  date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  nvcc --version | tail -2; cmake --version | head -1
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+# cuBLASLt: the toolkit's, else the one of PyTorch's nvidia wheels.
+CUBLAS_ARG=""
+if [ ! -f /usr/local/cuda/include/cublasLt.h ]; then
+  root=$(python3 -c "
+import glob, os, site
+hits = [h for d in site.getsitepackages() for h in glob.glob(os.path.join(d, 'nvidia', '**', 'cublasLt.h'), recursive=True)]
+print(os.path.dirname(os.path.dirname(hits[0])) if hits else '')")
+  [ -n "$root" ] && CUBLAS_ARG="-DET_CUBLAS_ROOT=$root"
+  echo "cuBLASLt from: ${root:-not found}"
+fi
+BUILD=/tmp/et-build
+t0=$(date +%s)
+if ! { cmake -S cuda_lib -B "$BUILD" -G Ninja -DET_CUDA=ON -DCMAKE_BUILD_TYPE=Release $CUBLAS_ARG \
+       && cmake --build "$BUILD" -j 16; } > "$OUT/build.log" 2>&1; then
+  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+fi
+echo "build: $(( $(date +%s) - t0 )) s"
+LIB=$BUILD/libet.so
+EXE=$BUILD/et_infer
+
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  local t=$(date +%s)
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  SUMMARY+=("$name: rc=$rc $(( $(date +%s) - t ))s")
+  echo "== $name rc=$rc"; tail -25 "$OUT/$name.log"
+}
+
+sanitize() {
+  local dir=/tmp/et-san
+  python3 - "$dir" <<'EOF' || return 1
+import sys
+from pathlib import Path
+import numpy as np
+from pipeline_steps import random_bert
+out = Path(sys.argv[1])
+model = random_bert.make_model("minilm", vocab=500, seed=3)
+random_bert.export(model, random_bert.random_pruning(model, 0.5, head_frac=0.25, dim_frac=0.25, seed=4), out)
+lengths = np.array([3, 40, 17, 150], dtype=np.int32)
+np.save(out / "lengths.npy", lengths)
+np.save(out / "tokens.npy", np.random.default_rng(0).integers(0, 500, lengths.sum()).astype(np.int32))
+EOF
+  local args=("$dir/weights.txt" "$dir" --tokens "$dir/tokens.npy" --lengths "$dir/lengths.npy" --backend cuda
+              --iters 1 --warmup 0)
+  local rc=0
+  for tool in memcheck racecheck; do
+    for pad in "" --padded; do
+      echo "--- compute-sanitizer --tool $tool et_infer $pad"
+      compute-sanitizer --tool "$tool" --error-exitcode 9 "$EXE" "${args[@]}" $pad 2>&1 | tail -6 || rc=1
+    done
+  done
+  return $rc
+}
+
+profile() {
+  local dir=/tmp/et-ncu
+  python3 - "$dir" <<'EOF' || return 1
+import sys
+from pathlib import Path
+from pipeline_steps import random_bert
+out = Path(sys.argv[1])
+model = random_bert.make_model("bert-base", vocab=30522, seed=11)
+random_bert.export(model, random_bert.random_pruning(model, 1.0), out / "dense", dtype="float16")
+sparse = random_bert.make_model("bert-base", vocab=30522, seed=11)
+random_bert.export(sparse, random_bert.random_pruning(sparse, 0.2, seed=200), out / "s80", dtype="float16")
+EOF
+  for m in dense s80; do
+    ncu --clock-control none --csv --page raw \
+        --metrics gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
+        "$EXE" "$dir/$m/weights.txt" "$dir/$m" --backend cuda --batch 32 --seq 128 --iters 1 --warmup 0 \
+        > "$OUT/ncu_$m.csv" 2>&1 || return 1
+  done
+  python3 cuda_lib/gpu/ncu_summary.py "$OUT"/ncu_dense.csv "$OUT"/ncu_s80.csv
+}
+
+for s in "$@"; do
+  case $s in
+    check) step check 420 python3 cuda_lib/gpu/check.py --lib "$LIB" --work /tmp/et-check --json "$OUT/check.json" ;;
+    sanitize) step sanitize 300 sanitize ;;
+    perf) step perf 480 python3 cuda_lib/gpu/perf.py --lib "$LIB" --work /tmp/et-perf --json "$OUT/perf.json" ;;
+    ncu) step ncu 300 profile ;;
+    bench)
+      mkdir -p /tmp/et-bench-md
+      step bench 580 python3 -m pipeline_steps.bench --standalone --lib "$LIB" --out-dir /tmp/et-bench \
+        --benchmarks-md /tmp/et-bench-md/BENCHMARKS.md
+      cp -r /tmp/et-bench/. /tmp/et-bench-md/ 2>/dev/null
+      tar -C /tmp/et-bench-md -czf "$OUT/bench.tgz" . ;;
+    prune)
+      if [ -f scripts/gpu_prune_check.py ]; then step prune 300 python3 scripts/gpu_prune_check.py
+      else SUMMARY+=("prune: scripts/gpu_prune_check.py not in the repository"); fi ;;
+    *) echo "unknown step $s"; exit 2 ;;
+  esac
+done
+echo; echo "=== summary"; printf '%s\n' "${SUMMARY[@]}"
