@@ -3,8 +3,8 @@ rule build_lib:
     input:
         sources=sorted(
             str(p) for p in Path(workflow.basedir, "cuda_lib").rglob("*")
-            if p.is_file() and p.suffix in {".h", ".hpp", ".c", ".cpp", ".cu", ".cuh", ".txt", ".cmake"}
-            and "build" not in p.relative_to(workflow.basedir).parts[1:2]
+            if p.is_file() and p.suffix in {".h", ".hpp", ".c", ".cpp", ".cu", ".cuh", ".txt", ".cmake", ".map"}
+            and not p.relative_to(workflow.basedir).parts[1].startswith("build")
         ),
     output:
         lib=f"{R}/build_lib/libet.so",
