@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline_steps import config as et_config
-from reliability_util import PROJECT_ROOT, PYTHON, sqlite_uri, subprocess_env
+from reliability_util import PROJECT_ROOT, PYTHON, subprocess_env
 
 # (override merged over config.yaml, text the error must contain)
 BAD_CONFIGS = {
@@ -90,20 +90,20 @@ def test_existing_model_folder_and_hub_names_pass(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", ["unknown_nested_key", "wrong_type", "sparsity_one", "unknown_task",
                                   "tile_not_multiple_of_8", "missing_model_folder"])
 def test_snakemake_stops_before_any_stage(tmp_path: Path, case: str) -> None:
-    """``snakemake --cores 1 all`` on a bad config exits non-zero at parse time naming the key;
+    """``snakemake --configfile BAD`` exits non-zero at parse time naming the key;
     no stage ran: no results/, logs/ or MLflow store in the working directory."""
     override, expected = BAD_CONFIGS[case]
     cfg = et_config.deep_merge(copy.deepcopy(_base()), override)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    env = subprocess_env(MLFLOW_TRACKING_URI=sqlite_uri(tmp_path))
+    env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     proc = subprocess.run(
         [PYTHON, "-m", "snakemake", "-s", str(PROJECT_ROOT / "Snakefile"), "--directory", str(tmp_path),
-         "--cores", "1", "all"],
+         "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", "--until", "prepare_data"],
         capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "invalid configuration" in out and expected in out, out[-2000:]
-    for written in ("results", "logs", "benchmarks", "mlflow.db", "mlartifacts"):
+    for written in ("results", "logs", "benchmarks", "store", "mlflow.db", "mlartifacts"):
         assert not (tmp_path / written).exists(), written
 
 
