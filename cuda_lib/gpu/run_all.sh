@@ -107,9 +107,10 @@ EOF
 
 for s in "$@"; do
   case $s in
-    check) step check 420 python3 cuda_lib/gpu/check.py --lib "$LIB" --work /tmp/et-check --json "$OUT/check.json" ;;
+    check) step check "${CHECK_LIMIT:-420}" python3 cuda_lib/gpu/check.py --lib "$LIB" --work /tmp/et-check --json "$OUT/check.json" ;;
     sanitize) step sanitize 300 sanitize ;;
-    perf) step perf 480 python3 cuda_lib/gpu/perf.py --lib "$LIB" --work /tmp/et-perf --json "$OUT/perf.json" ;;
+    perf) step perf "${PERF_LIMIT:-480}" python3 cuda_lib/gpu/perf.py --lib "$LIB" --work /tmp/et-perf --json "$OUT/perf.json" \
+            ${PERF_ARGS:-} ;;
     ncu) step ncu 300 profile ;;
     bench)
       mkdir -p /tmp/et-bench-md
