@@ -1,9 +1,14 @@
 # bench: our engine against HF eager / SDPA / torch.compile, side by side in one process.
+# On a CPU-only machine it runs the small CPU grid and says that GPU numbers need a GPU; the GPU
+# numbers in BENCHMARKS.md come from `python -m pipeline_steps.bench --standalone --benchmarks-md ...`
+# run on a GPU machine (cuda_lib/gpu/run_all.sh bench).
 rule bench:
     input:
         lib=rules.build_lib.output.lib,
         manifests=expand(rules.export_npy.output.manifest, sparsity=SPARSITIES),
         retrain=expand(rules.retrain.output.metrics, sparsity=SPARSITIES),
+        retrain_models=expand(rules.retrain.output.model, sparsity=SPARSITIES),
+        finetune=rules.finetune.output.metrics,
         dev=rules.prepare_data.output.dev,
     output:
         csv=f"{R}/bench/bench.csv",
@@ -18,7 +23,8 @@ rule bench:
     threads: 2
     shell:
         "{PY}.bench --run-dir {R} --params {params.cfg:q} --threads {threads} --lib {input.lib}"
-        " --manifests {input.manifests} --data-dir {R}/data --out-dir {R}/bench 2>&1 | tee {log}"
+        " --manifests {input.manifests} --data-dir {R}/data --finetune-metrics {input.finetune}"
+        " --retrain-metrics {input.retrain} --out-dir {R}/bench 2>&1 | tee {log}"
 
 
 if config["bench"]["enabled"]:
