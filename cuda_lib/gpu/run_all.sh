@@ -31,13 +31,14 @@ cat "$OUT/env.txt"
 
 # cuBLASLt: the toolkit's, else the one of PyTorch's nvidia wheels.
 CUBLAS_ARG=""
-if [ ! -f /usr/local/cuda/include/cublasLt.h ]; then
+if ! compgen -G "/usr/local/cuda/lib64/libcublasLt.so*" >/dev/null || [ ! -f /usr/local/cuda/include/cublasLt.h ]; then
   root=$(python3 -c "
 import glob, os, site
 hits = [h for d in site.getsitepackages() for h in glob.glob(os.path.join(d, 'nvidia', '**', 'cublasLt.h'), recursive=True)]
 print(os.path.dirname(os.path.dirname(hits[0])) if hits else '')")
   [ -n "$root" ] && CUBLAS_ARG="-DET_CUBLAS_ROOT=$root"
-  echo "cuBLASLt from: ${root:-not found}"
+  echo "cuBLASLt from: ${root:-not found}; toolkit has: $(ls /usr/local/cuda/lib64 | grep -E 'cublas|cudart' | tr '\n' ' ')"
+  ls "$root" "$root"/lib 2>/dev/null | head -20
 fi
 BUILD=/tmp/et-build
 t0=$(date +%s)
