@@ -14,8 +14,8 @@
 #include <mutex>
 
 #include "backend.h"
+#include "cpu_attention.h"
 #include "cpu_linear.h"
-#include "cpu_math.h"
 
 namespace et {
 namespace {
@@ -213,51 +213,20 @@ class CpuBackend final : public Backend {
   void attention(const CpuLayer& L, const RowLayout& l) {
     const int64_t H = model_->cfg.hidden, ld = 3 * H;  // rows of qkv_: [q | k | v]
     const int d = head_dim_;
-    const float scale = 1.0f / std::sqrt(float(d));
     const int64_t n_heads = int64_t(L.active_heads.size());
     const int64_t items = int64_t(l.start.size()) * n_heads;
     int64_t macs = 0;
     for (int32_t n : l.rows_of) macs += 2 * int64_t(n) * n * d * n_heads;
 #pragma omp parallel num_threads(threads_) if (items > 1 && macs >= kMinParallelAttentionMacs)
     {
-      std::vector<float> kt, scores, acc(static_cast<size_t>(d));
+      cpu::AttentionScratch scratch;
 #pragma omp for schedule(dynamic, 1)
       for (int64_t item = 0; item < items; ++item) {
         const size_t seq = size_t(item / n_heads);
         const int64_t col = int64_t(L.active_heads[size_t(item % n_heads)]) * d;
-        const int64_t row0 = l.start[seq];
-        const int n = l.rows_of[seq], valid = l.len[seq];
-        kt.resize(size_t(d) * n);
-        scores.resize(size_t(n));
-        for (int j = 0; j < n; ++j)
-          for (int e = 0; e < d; ++e) kt[size_t(e) * n + j] = qkv_[size_t((row0 + j) * ld + H + col + e)];
-        for (int i = 0; i < n; ++i) {
-          const float* q = qkv_.data() + (row0 + i) * ld + col;
-          std::fill(scores.begin(), scores.end(), 0.0f);
-          for (int e = 0; e < d; ++e) {
-            const float qe = q[e];
-            const float* ke = kt.data() + size_t(e) * n;
-            for (int j = 0; j < n; ++j) scores[size_t(j)] += qe * ke[j];
-          }
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int j = 0; j < n; ++j) {
-            scores[size_t(j)] = j < valid ? scores[size_t(j)] * scale : std::numeric_limits<float>::lowest();
-            mx = std::max(mx, scores[size_t(j)]);
-          }
-          float sum = 0.0f;
-          for (int j = 0; j < n; ++j) {
-            scores[size_t(j)] = cpu::fast_exp(scores[size_t(j)] - mx);
-            sum += scores[size_t(j)];
-          }
-          const float inv = 1.0f / sum;
-          std::fill(acc.begin(), acc.end(), 0.0f);
-          for (int j = 0; j < n; ++j) {  // padded keys have probability exactly 0
-            const float pj = scores[size_t(j)] * inv;
-            const float* v = qkv_.data() + (row0 + j) * ld + 2 * H + col;
-            for (int e = 0; e < d; ++e) acc[size_t(e)] += pj * v[e];
-          }
-          std::copy(acc.begin(), acc.end(), ctx_.data() + (row0 + i) * H + col);
-        }
+        const float* base = qkv_.data() + l.start[seq] * ld + col;
+        cpu::attention_head(base, base + H, base + 2 * H, ld, l.rows_of[seq], l.len[seq], d,
+                            ctx_.data() + l.start[seq] * H + col, H, scratch);
       }
     }
   }

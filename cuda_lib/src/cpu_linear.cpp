@@ -52,9 +52,17 @@ void materialise(const Linear& lin, std::vector<float>& w, std::vector<bool>& st
 template <int R>
 void panel_kernel(const PackedLinear& p, const PackedLinear::Panel& panel, const float* x, int64_t ldx, float* y,
                   int64_t ldy, Epilogue epilogue) {
+  // Fixed-size copies (inlined); a panel narrower than kPanel only occurs at the end of a layer.
+  const bool full = panel.rows == kPanel;
   v16 acc[R];
   v16 bias = {};
-  std::memcpy(&bias, p.bias.data() + panel.row0, sizeof(float) * size_t(panel.rows));
+  if (full) {
+    std::memcpy(&bias, p.bias.data() + panel.row0, sizeof(v16));
+  } else {
+    float b[kPanel] = {};
+    for (int c = 0; c < panel.rows; ++c) b[c] = p.bias[size_t(panel.row0 + c)];
+    std::memcpy(&bias, b, sizeof(b));
+  }
   for (int r = 0; r < R; ++r) acc[r] = bias;
   for (int s = panel.seg_begin; s < panel.seg_end; ++s) {
     const PackedLinear::Segment& seg = p.segments[size_t(s)];
@@ -67,14 +75,19 @@ void panel_kernel(const PackedLinear& p, const PackedLinear::Panel& panel, const
     }
   }
   for (int r = 0; r < R; ++r) {
-    float out[kPanel];
+    float out[kPanel];  // a plain array: the epilogue loops below vectorise
     std::memcpy(out, &acc[r], sizeof(out));
     if (epilogue == Epilogue::kBiasGelu) {
-      for (int c = 0; c < panel.rows; ++c) out[c] = gelu(out[c]);
+      for (int c = 0; c < kPanel; ++c) out[c] = gelu(out[c]);
     } else if (epilogue == Epilogue::kBiasTanh) {
-      for (int c = 0; c < panel.rows; ++c) out[c] = std::tanh(out[c]);
+      for (int c = 0; c < kPanel; ++c) out[c] = std::tanh(out[c]);
     }
-    std::memcpy(y + r * ldy + panel.row0, out, sizeof(float) * size_t(panel.rows));
+    float* dst = y + r * ldy + panel.row0;
+    if (full) {
+      std::memcpy(dst, out, sizeof(out));
+    } else {
+      for (int c = 0; c < panel.rows; ++c) dst[c] = out[c];
+    }
   }
 }
 
