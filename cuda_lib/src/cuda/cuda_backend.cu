@@ -7,6 +7,7 @@
 //   ET_ATTN_SHORT_MAX      longest batch sequence that uses the whole-sequence attention operator
 //   ET_POISON_WORKSPACE=1  fill the workspace with NaNs before each forward (tests catch unwritten data)
 //   ET_DENSE_TANH_GELU=1   dense FFN1 uses cuBLASLt's fused tanh-GELU epilogue instead of exact erf GELU
+//   ET_SPARSE_ROWS         tile rows per block of the sparse GEMM (16, 8, 4; default 0 = by grid size)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -130,7 +131,7 @@ struct DeviceLinear {
   bool sparse = false;
   DeviceBuffer weight;  // dense [n, k] or the kept tiles
   DeviceBuffer bias;
-  DeviceGroups g4, g8;
+  DeviceGroups g4, g8, g16;
   DeviceSparseWeight sw;
 
   explicit DeviceLinear(const PreparedLinear& p) : n(p.n), k(p.k), sparse(p.sparse) {
@@ -142,7 +143,8 @@ struct DeviceLinear {
     weight = upload_as<T>(p.tiles);
     g4 = upload_groups(p.groups4);
     g8 = upload_groups(p.groups8);
-    sw = DeviceSparseWeight{n, k, weight.as<void>(), g4.view(p.groups4), g8.view(p.groups8)};
+    g16 = upload_groups(p.groups16);
+    sw = DeviceSparseWeight{n, k, weight.as<void>(), g4.view(p.groups4), g8.view(p.groups8), g16.view(p.groups16)};
   }
 };
 
@@ -199,6 +201,9 @@ class CudaEngine final : public Backend {
     num_sms_ = prop.multiProcessorCount;
     short_max_ = static_cast<int>(env_number("ET_ATTN_SHORT_MAX", kDefaultShortMax));
     poison_ = env_number("ET_POISON_WORKSPACE", 0) != 0;
+    sparse_rows_ = static_cast<int>(env_number("ET_SPARSE_ROWS", 0));
+    if (sparse_rows_ != 0 && sparse_rows_ != 4 && sparse_rows_ != 8 && sparse_rows_ != 16)
+      throw Error(ET_ERR_INVALID_ARGUMENT, "ET_SPARSE_ROWS must be 0, 4, 8 or 16");
     const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
     const bool tanh_gelu = env_number("ET_DENSE_TANH_GELU", 0) != 0;
 
@@ -352,7 +357,7 @@ class CudaEngine final : public Backend {
 
   void linear(const DeviceLinear<T>& l, const T* x, int m, const T* residual, T* y, Epilogue epi) {
     if (l.sparse)
-      sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, num_sms_, stream_);
+      sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, num_sms_, sparse_rows_, stream_);
     else
       gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi, stream_);
   }
@@ -435,6 +440,7 @@ class CudaEngine final : public Backend {
   int num_sms_ = 0;
   int short_max_ = kDefaultShortMax;
   bool poison_ = false;
+  int sparse_rows_ = 0;
   PreparedModel prepared_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DenseGemm> gemm_;

@@ -21,13 +21,14 @@ struct DeviceSparseWeight {
   int n = 0;
   int k = 0;
   const void* tiles = nullptr;  // [kept][32 lanes][8 elements]
-  DeviceTileGroups g4, g8;
+  DeviceTileGroups g4, g8, g16;
 };
 
 // Y[M, n] = epilogue(X[M, k] . W^T + bias (+ residual)); X, Y, residual row-major with ld k / n / n.
+// rows_per_block: tile rows per thread block (16, 8 or 4), or 0 to choose by the grid size.
 template <typename T>
 void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, int num_sms, cudaStream_t stream);
+                 Epilogue epi, int num_sms, int rows_per_block, cudaStream_t stream);
 
 // Per computed head of a layer (device copy of prepare.h's HeadSlot).
 struct DeviceHeads {

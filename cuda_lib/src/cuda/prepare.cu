@@ -113,6 +113,7 @@ PreparedLinear prepare_linear(std::vector<float> w, std::vector<float> bias, int
     }
   p.groups4 = make_groups(row_tiles, 4);
   p.groups8 = make_groups(row_tiles, 8);
+  p.groups16 = make_groups(row_tiles, 16);
   return p;
 }
 

@@ -37,7 +37,7 @@ struct PreparedLinear {
   bool sparse = false;
   std::vector<float> dense;    // [n * k] row-major, when !sparse
   std::vector<float> tiles;    // [kept_tiles][32 lanes][8], mma B-fragment order, when sparse
-  TileGroups groups4, groups8; // when sparse: R = 4 and R = 8 tile rows per block
+  TileGroups groups4, groups8, groups16;  // when sparse: R = 4, 8, 16 tile rows per block
 
   double density() const { return total_tiles ? double(kept_tiles) / double(total_tiles) : 1.0; }
 };

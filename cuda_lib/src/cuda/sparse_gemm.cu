@@ -157,20 +157,26 @@ void launch(const DeviceSparseWeight& w, const DeviceTileGroups& g, const T* x, 
 
 }  // namespace
 
+// Larger blocks reuse each X slice across more tile rows (less L2 traffic per FLOP) but make fewer
+// blocks: take the largest configuration that still gives every SM a block.
 template <typename T>
 void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, int num_sms, cudaStream_t stream) {
-  const long big_blocks = static_cast<long>((m + 127) / 128) * w.g8.groups;
-  if (big_blocks >= num_sms)
+                 Epilogue epi, int num_sms, int rows_per_block, cudaStream_t stream) {
+  const long m_blocks = (m + 127) / 128;
+  if (rows_per_block == 0)
+    rows_per_block = m_blocks * w.g16.groups >= num_sms ? 16 : m_blocks * w.g8.groups >= num_sms ? 8 : 4;
+  if (rows_per_block == 16)
+    launch<T, 128, 2, 8>(w, w.g16, x, m, bias, residual, y, epi, stream);
+  else if (rows_per_block == 8)
     launch<T, 128, 2, 4>(w, w.g8, x, m, bias, residual, y, epi, stream);
   else
     launch<T, 64, 2, 2>(w, w.g4, x, m, bias, residual, y, epi, stream);
 }
 
 template void sparse_gemm<__half>(const DeviceSparseWeight&, const __half*, int, const __half*, const __half*,
-                                  __half*, Epilogue, int, cudaStream_t);
+                                  __half*, Epilogue, int, int, cudaStream_t);
 template void sparse_gemm<__nv_bfloat16>(const DeviceSparseWeight&, const __nv_bfloat16*, int,
                                          const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, Epilogue,
-                                         int, cudaStream_t);
+                                         int, int, cudaStream_t);
 
 }  // namespace et::cuda
