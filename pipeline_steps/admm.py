@@ -1,9 +1,15 @@
 """ADMM toward the tile-sparse set.
 
 Splitting ``min loss(W) s.t. W in S`` (S: the tile-sparse, attention-structured set of the plan) as
-``W = Z, Z in S``: the training loss gets ``rho/2 * ||W - Z + U||^2``; every ``update_every``
-optimizer steps ``Z = proj_S(W + U)``, ``U += W - Z`` and ``rho *= rho_growth``. Hard pruning
-afterwards keeps the support of the final projection.
+``W = Z, Z in S`` with the augmented term ``rho/2 * ||W - Z + U||^2`` (scaled dual ``U``):
+
+- W-update, linearised: after every optimizer step on the task loss, one gradient step of unit size on
+  the augmented term, ``W -= rho * (W - Z + U)`` (decoupled from Adam's per-element scaling, which would
+  otherwise cap the pull at the learning rate per step);
+- every ``update_every`` optimizer steps: ``Z = proj_S(W + U)``, ``U += W - Z``, ``rho *= rho_growth``
+  (capped at 1).
+
+Hard pruning afterwards keeps the plan's support of the final weights.
 """
 
 from __future__ import annotations
@@ -35,8 +41,8 @@ class ADMM:
 
     def __init__(self, model: torch.nn.Module, weights: list[PrunableWeight], support: Support, tile: tuple[int, int],
                  *, rho: float, rho_growth: float, update_every: int, below_ratio: float = 0.1) -> None:
-        if rho <= 0 or rho_growth < 1 or update_every < 1:
-            raise ValueError("admm: need rho > 0, rho_growth >= 1, update_every >= 1")
+        if not 0 < rho <= 1 or rho_growth < 1 or update_every < 1:
+            raise ValueError("admm: need 0 < rho <= 1, rho_growth >= 1, update_every >= 1")
         params = dict(model.named_parameters())
         self.params = {w.name: params[w.name] for w in weights}
         self.support = support
@@ -55,11 +61,17 @@ class ADMM:
         return {n: v * torch.from_numpy(masks[n]).to(device=v.device, dtype=v.dtype) if n in masks else v.clone()
                 for n, v in values.items()}
 
-    def extra_loss(self, model, batch, outputs) -> tuple[torch.Tensor, dict[str, float]]:  # noqa: ARG002
-        """The ``train`` hook: ``rho/2 * sum ||W - Z + U||^2``."""
-        total = sum((p - self.Z[n] + self.U[n]).pow(2).sum() for n, p in self.params.items())
-        term = 0.5 * self.rho * total
-        return term, {"prune.penalty": float(term.detach()), "prune.rho": self.rho}
+    @torch.no_grad()
+    def penalty(self) -> float:
+        """Current value of ``rho/2 * sum ||W - Z + U||^2``."""
+        total = sum((p.detach() - self.Z[n] + self.U[n]).pow(2).sum() for n, p in self.params.items())
+        return 0.5 * self.rho * float(total)
+
+    @torch.no_grad()
+    def pull(self) -> None:
+        """The linearised W-update: ``W -= rho * (W - Z + U)``."""
+        for n, p in self.params.items():
+            p.sub_(self.rho * (p.detach() - self.Z[n] + self.U[n]))
 
     @torch.no_grad()
     def update(self) -> dict[str, float]:
@@ -71,11 +83,14 @@ class ADMM:
             self.U[n] += r
             primal_sq += float(r.pow(2).sum())
             norm_sq += float(p.detach().pow(2).sum())
-        self.rho *= self.rho_growth
+        self.rho = min(1.0, self.rho * self.rho_growth)
         return {"prune.admm_primal_residual": (primal_sq / max(norm_sq, 1e-30)) ** 0.5}
 
     def after_step(self, step: int) -> dict[str, float]:
-        """The ``train`` hook: the ADMM update every ``update_every`` steps, and metrics to log."""
+        """The ``train`` hook: the W pull, the Z/U/rho update every ``update_every`` steps, metrics to log."""
+        self.pull()
         logs = self.update() if step % self.update_every == 0 else {}
+        logs["prune.penalty"] = self.penalty()
+        logs["prune.rho"] = self.rho
         logs["prune.frac_tiles_below_threshold"] = fraction_below(self.params, self.tile, self.below_ratio)
         return logs

@@ -84,22 +84,26 @@ def train_toward_sparsity(model, weights, plan: SparsityPlan, data, cfg: dict, s
     common = dict(epochs=cfg["epochs"], learning_rate=cfg["learning_rate"], weight_decay=0.0, warmup_ratio=0.0,
                   device=device, run=run, desc=f"prune[{cfg['algorithm']}]")
     model.to(device)
+
+    def select(arrays: dict[str, np.ndarray]) -> ModelMasks:
+        return select_masks(arrays, weights, num_heads, plan)
+
     if cfg["algorithm"] == "reweighted":
         rw = cfg["reweighted"]
         heads = attention_layers(weights, num_heads) if plan.head_scores is not None else None
         algo = ReweightedGroupLasso(model, weights, plan.tile, penalty=rw["penalty"], eps=rw["eps"],
-                                    update_every=rw["update_every"], step_size=cfg["learning_rate"], heads=heads,
+                                    update_every=rw["update_every"], select=select, heads=heads,
                                     below_ratio=cfg["below_threshold"])
         return modeling.train(model, loader, after_step=algo.after_step, **common)
     if cfg["algorithm"] == "admm":
         ad = cfg["admm"]
 
         def support(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return element_masks_np(weights, num_heads, select_masks(arrays, weights, num_heads, plan))
+            return element_masks_np(weights, num_heads, select(arrays))
 
         algo = ADMM(model, weights, support, plan.tile, rho=ad["rho"], rho_growth=ad["rho_growth"],
                     update_every=ad["update_every"], below_ratio=cfg["below_threshold"])
-        return modeling.train(model, loader, extra_loss=algo.extra_loss, after_step=algo.after_step, **common)
+        return modeling.train(model, loader, after_step=algo.after_step, **common)
     raise ValueError(f"prune.algorithm: unknown algorithm {cfg['algorithm']!r} (reweighted, admm)")
 
 

@@ -45,7 +45,7 @@ def _admm(model, rho=0.1, growth=2.0, every=2):
     return ADMM(model, weights, support, (16, 16), rho=rho, rho_growth=growth, update_every=every), weights, support
 
 
-def test_z_starts_as_the_projection_and_the_penalty_is_rho_half_squared_distance():
+def test_z_starts_as_the_projection_and_the_pull_is_a_unit_gradient_step():
     model = tiny_bert()
     admm, weights, support = _admm(model)
     params = dict(model.named_parameters())
@@ -57,12 +57,29 @@ def test_z_starts_as_the_projection_and_the_penalty_is_rho_half_squared_distance
         if w.kind == "ffn":  # no attention rule: exactly the kept tiles
             n_tiles = tile_energy(z, (16, 16)).numel()
             assert int((tile_energy(z, (16, 16)) > 0).sum()) == n_tiles - round(0.5 * n_tiles)
-    term, logs = admm.extra_loss(model, None, None)
     expected = 0.5 * 0.1 * sum(float((params[w.name].detach() - admm.Z[w.name]).pow(2).sum()) for w in weights)
-    assert float(term.detach()) == pytest.approx(expected, rel=1e-5) and logs["prune.rho"] == 0.1
-    term.backward()
+    assert admm.penalty() == pytest.approx(expected, rel=1e-5)
+    # the pull is W -= rho * grad of (1/2)||W - Z + U||^2
     w0 = weights[0].name
-    assert torch.allclose(params[w0].grad, 0.1 * (params[w0].detach() - admm.Z[w0]), atol=1e-7)
+    w = params[w0].detach().clone().requires_grad_(True)
+    (0.5 * (w - admm.Z[w0] + admm.U[w0]).pow(2).sum()).backward()
+    admm.pull()
+    assert torch.allclose(params[w0].detach(), w.detach() - 0.1 * w.grad, atol=1e-7)
+    logs = admm.after_step(1)
+    assert logs["prune.rho"] == 0.1 and "prune.penalty" in logs
+
+
+def test_z_u_updates_happen_every_n_steps_and_rho_is_capped():
+    admm, _, _ = _admm(tiny_bert(), rho=0.4, growth=2.0, every=2)
+    assert "prune.admm_primal_residual" not in admm.after_step(1)
+    assert "prune.admm_primal_residual" in admm.after_step(2) and admm.rho == pytest.approx(0.8)
+    admm.after_step(4)
+    assert admm.rho == 1.0
+
+
+def test_bad_rho_is_rejected():
+    with pytest.raises(ValueError, match="rho"):
+        _admm(tiny_bert(), rho=1.5)
 
 
 def test_update_projects_w_plus_u_accumulates_the_dual_and_grows_rho():
@@ -75,8 +92,7 @@ def test_update_projects_w_plus_u_accumulates_the_dual_and_grows_rho():
     u_old = {n: u.clone() for n, u in admm.U.items()}
     w_plus_u = {n: params[n].detach() + u_old[n] for n in u_old}
     expected_z = admm.project(w_plus_u)
-    assert admm.after_step(1).get("prune.admm_primal_residual") is None  # not an update step
-    logs = admm.after_step(2)
+    logs = admm.update()
     assert admm.rho == pytest.approx(0.2) and logs["prune.admm_primal_residual"] > 0
     for n in u_old:
         assert torch.equal(admm.Z[n], expected_z[n])
@@ -85,7 +101,7 @@ def test_update_projects_w_plus_u_accumulates_the_dual_and_grows_rho():
 
 def test_admm_training_pulls_w_toward_the_sparse_set():
     model = tiny_bert()
-    admm, weights, _ = _admm(model, rho=5.0, growth=1.5, every=2)
+    admm, weights, _ = _admm(model, rho=0.1, growth=1.5, every=2)
     params = dict(model.named_parameters())
 
     def distance() -> float:
@@ -94,6 +110,5 @@ def test_admm_training_pulls_w_toward_the_sparse_set():
 
     before = distance()
     modeling.train(model, random_batches(n_batches=4), epochs=3, learning_rate=3e-3, weight_decay=0.0,
-                   warmup_ratio=0.0, device=torch.device("cpu"), extra_loss=admm.extra_loss,
-                   after_step=admm.after_step)
+                   warmup_ratio=0.0, device=torch.device("cpu"), after_step=admm.after_step)
     assert distance() < 0.7 * before
