@@ -66,8 +66,11 @@ _libs_lock = threading.Lock()
 # OpenMP threads that spin at barriers starve the thread they wait for when the machine has more
 # runnable threads than cores (a shared CI box, parallel Snakemake jobs): a forward pass on 2 threads
 # was measured 7-20x slower with spinning than with sleeping waits. Read by libgomp when libet is
-# first loaded; an explicit setting in the environment wins.
+# first loaded in the process (torch shares the same libgomp when it was imported earlier, so the
+# setting is made at import of this module); an explicit setting in the environment wins.
 OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+for _name, _value in OMP_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 def ffi() -> FFI:
@@ -83,8 +86,6 @@ def load_library(lib_path: str | Path) -> Any:
     key = str(path)
     with _libs_lock:
         if key not in _libs:
-            for name, value in OMP_ENV.items():
-                os.environ.setdefault(name, value)
             _libs[key] = _ffi.dlopen(key)
         return _libs[key]
 

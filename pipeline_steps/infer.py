@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .engine import OMP_ENV, Engine  # first: sets the OpenMP wait policy before torch loads libgomp  # isort: skip
 from . import glue, modeling, stage, tracking
-from .engine import OMP_ENV, Engine
 
 EXE_TOLERANCE = 1e-6  # relative to the logit scale; the executable calls the same library
 
