@@ -149,7 +149,10 @@ class Engine:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finaliser (e.g. at interpreter shutdown)
+            pass
 
     def close(self) -> None:
         """Free the model (idempotent)."""

@@ -23,7 +23,10 @@ from tqdm import tqdm
 from .engine import OMP_ENV, Engine  # first: sets the OpenMP wait policy before torch loads libgomp  # isort: skip
 from . import glue, modeling, stage, tracking
 
-EXE_TOLERANCE = 1e-6  # relative to the logit scale; the executable calls the same library
+# Largest |et_infer - library| logit difference, relative to the logit scale. Both call the same
+# library on the same batches: the CPU backend is deterministic (measured: equal); the CUDA backend
+# may reduce in a different order between runs.
+EXE_TOLERANCE = {"cpu": 1e-6, "cuda": 1e-3}
 
 
 class InferError(RuntimeError):
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     backend, args.threads, tmp)
             scale = max(1.0, float(np.abs(logits).max()))
             exe_diff = float(np.abs(exe_logits - logits).max()) if exe_logits.shape == logits.shape else float("inf")
-            if exe_diff > EXE_TOLERANCE * scale:
+            if exe_diff > EXE_TOLERANCE.get(info["backend"], 1e-3) * scale:
                 raise InferError(f"et_infer logits differ from the library's by {exe_diff:.3g} "
                                  f"(shape {exe_logits.shape} vs {logits.shape})")
             total_s = sum(times) / 1000.0
