@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
-#include <limits>
 #include <mutex>
 
 #include "backend.h"
