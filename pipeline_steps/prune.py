@@ -25,7 +25,8 @@ from .head_pruning import attention_layers, head_weight_scores
 from .mask_selection import SparsityPlan, select_masks
 from .masking import apply_masks, element_masks, element_masks_np, mask_violations, weight_arrays
 from .reweighted import ReweightedGroupLasso
-from .sensitivity import allocate, head_importance, layer_sensitivity, layer_weights
+from .sensitivity import MAX_POOL_SPARSITY, allocate, head_importance, layer_sensitivity, layer_weights, \
+    sensitivity_cap
 from .stage import base_parser, setup_runtime
 from .sweep_stage import add_sweep_args, branch_name, evaluate, load_data, run_main, section, sparsity_metrics, \
     write_outputs
@@ -57,6 +58,7 @@ def make_plan(model, weights, data, cfg: dict, target: float, seed: int, device,
     atts = attention_layers(weights, num_heads)
     layer_weight = None
     head_scores = None
+    max_ratio = MAX_POOL_SPARSITY
     if cfg["policy"] == "sensitivity":
         n = min(int(cfg["sensitivity"]["examples"]), len(data.dev))
         subset = modeling.EncodedSplit(data.dev.input_ids[:n], data.dev.token_type_ids[:n], data.dev.labels[:n],
@@ -64,6 +66,7 @@ def make_plan(model, weights, data, cfg: dict, target: float, seed: int, device,
         batches = list(modeling.make_loader(subset, cfg["batch_size"], shuffle=False))
         sens = layer_sensitivity(model, batches, target, tile, device, seed)
         layer_weight = layer_weights(sens, float(cfg["sensitivity"]["power"]))
+        max_ratio = sensitivity_cap(target, float(cfg["sensitivity"]["spread"]))
         run.log_metrics({f"sensitivity.layer{l}": v for l, v in sens.items()})
         if cfg["head_pruning"]:
             head_scores = head_importance(model, batches, device)
@@ -72,7 +75,7 @@ def make_plan(model, weights, data, cfg: dict, target: float, seed: int, device,
             head_scores = head_weight_scores(atts, weight_arrays(model, weights))
     else:
         raise ValueError(f"prune.policy: unknown policy {cfg['policy']!r} (sensitivity, uniform)")
-    pool = allocate(weights, target, dict(cfg["kinds"]), layer_weight)
+    pool = allocate(weights, target, dict(cfg["kinds"]), layer_weight, max_ratio)
     run.log_metrics({f"plan.layer{l}.{k}": s for (l, k), s in pool.items()})
     return SparsityPlan(target, pool, tile, seed, head_scores, float(cfg["structured_share"]))
 

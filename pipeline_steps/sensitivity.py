@@ -5,9 +5,11 @@
   subset per layer.
 - Head importance: the accumulated magnitude of the loss gradient with respect to a gate on every
   head's context output (one forward + backward pass per batch for all heads at once).
-- Allocation: per-(layer, kind) ratios ``c * kinds[kind] * w[layer]`` capped below 1, with ``c``
-  solved so that the tile-weighted mean equals the overall target; ``w`` is 1 for the ``uniform``
-  policy and proportional to ``sensitivity ** -power`` for the ``sensitivity`` policy.
+- Allocation: per-(layer, kind) ratios ``c * kinds[kind] * w[layer]`` capped (at ``max_ratio``, and
+  never above 0.98), with ``c`` solved so that the element-weighted mean equals the overall target;
+  ``w`` is 1 for the ``uniform`` policy and proportional to ``sensitivity ** -power`` for the
+  ``sensitivity`` policy, whose cap is ``target + spread * (1 - target)``: a layer that barely
+  matters at the target ratio may still break when stripped almost bare, so no layer is.
 """
 
 from __future__ import annotations
@@ -104,8 +106,16 @@ def layer_weights(sensitivity: dict[int, float], power: float) -> dict[int, floa
     return {l: float(x) for l, x in zip(layers, w)}
 
 
+def sensitivity_cap(target: float, spread: float) -> float:
+    """Highest per-pool ratio the sensitivity policy may give: ``target + spread * (1 - target)``."""
+    if not 0.0 <= spread <= 1.0:
+        raise ValueError(f"prune.sensitivity.spread must be in [0, 1], got {spread}")
+    return min(MAX_POOL_SPARSITY, target + spread * (1.0 - target))
+
+
 def allocate(weights: list[PrunableWeight], target: float, kinds: dict[str, float],
-             layer_weight: dict[int, float] | None = None) -> dict[tuple[int, str], float]:
+             layer_weight: dict[int, float] | None = None,
+             max_ratio: float = MAX_POOL_SPARSITY) -> dict[tuple[int, str], float]:
     """Per-(layer, kind) sparsity whose element-weighted mean over all encoder linear weights is ``target``."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
@@ -118,13 +128,14 @@ def allocate(weights: list[PrunableWeight], target: float, kinds: dict[str, floa
     base = np.array([kinds.get(k[1], 1.0) * (layer_weight or {}).get(k[0], 1.0) for k in keys])
     if target == 0:
         return {k: 0.0 for k in keys}
-    reachable = float((n * np.where(base > 0, MAX_POOL_SPARSITY, 0.0)).sum() / n.sum())
-    if target > reachable:
+    cap = min(max_ratio, MAX_POOL_SPARSITY)
+    reachable = float((n * np.where(base > 0, cap, 0.0)).sum() / n.sum())
+    if target > reachable + 1e-12:
         raise ValueError(f"prune target {target} is unreachable with prune.kinds {kinds}: at most "
-                         f"{reachable:.3f} (a pool is capped at {MAX_POOL_SPARSITY})")
+                         f"{reachable:.3f} (a pool is capped at {cap:.3f})")
 
     def mean(c: float) -> float:
-        return float((n * np.minimum(c * base, MAX_POOL_SPARSITY)).sum() / n.sum())
+        return float((n * np.minimum(c * base, cap)).sum() / n.sum())
 
     lo, hi = 0.0, 1.0
     while mean(hi) < target:
@@ -132,5 +143,5 @@ def allocate(weights: list[PrunableWeight], target: float, kinds: dict[str, floa
     for _ in range(100):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if mean(mid) < target else (lo, mid)
-    s = np.minimum(hi * base, MAX_POOL_SPARSITY)
+    s = np.minimum(hi * base, cap)
     return {k: float(v) for k, v in zip(keys, s)}

@@ -120,10 +120,10 @@ def run_algorithm(algorithm: str, model_dir: Path, data, args, device: torch.dev
     """Plan, train toward sparsity, hard-prune, retrain with masks fixed; timings and checks."""
     cfg = {"algorithm": algorithm, "tile": list(args.tile), "kinds": {"qkv": 1.0, "attn_output": 1.0, "ffn": 1.0},
            "head_pruning": True, "structured_share": 0.5, "policy": "sensitivity",
-           "sensitivity": {"examples": args.sensitivity_examples, "power": 0.5}, "epochs": args.prune_epochs,
+           "sensitivity": {"examples": args.sensitivity_examples, "power": 0.5, "spread": 0.3}, "epochs": args.prune_epochs,
            "batch_size": args.batch_size, "learning_rate": args.learning_rate, "below_threshold": 0.1,
-           "reweighted": {"penalty": args.penalty, "update_every": 50, "eps": 1e-3},
-           "admm": {"rho": args.rho, "rho_growth": 1.3, "update_every": 50}}
+           "reweighted": {"penalty": args.penalty, "update_every": 20, "eps": 1e-3},
+           "admm": {"rho": args.rho, "rho_growth": 1.3, "update_every": 20}}
     rcfg = {"epochs": args.retrain_epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
             "warmup_ratio": 0.1, "weight_decay": 0.01}
     run = MemoryRun()
@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prune-epochs", type=int, default=1)
     p.add_argument("--retrain-epochs", type=int, default=1)
     p.add_argument("--learning-rate", type=float, default=3e-5)
-    p.add_argument("--penalty", type=float, default=1e-4)
-    p.add_argument("--rho", type=float, default=1e-3)
+    p.add_argument("--penalty", type=float, default=1e-2)
+    p.add_argument("--rho", type=float, default=2e-2)
     p.add_argument("--sensitivity-examples", type=int, default=256)
     p.add_argument("--algorithms", nargs="+", default=["reweighted", "admm"], choices=["reweighted", "admm"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

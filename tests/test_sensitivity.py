@@ -68,3 +68,15 @@ def test_head_importance_is_zero_for_a_head_with_no_output_path():
     assert imp.shape == (2, 4)
     assert imp[1, 1] == 0.0 and (imp[1, [0, 2, 3]] > 0).all() and (imp[0] > 0).all()
     assert not any(h for layer in model.bert.encoder.layer for h in layer.attention.output.dense._forward_pre_hooks)
+
+
+def test_sensitivity_cap_bounds_every_pool():
+    from pipeline_steps.sensitivity import sensitivity_cap
+
+    weights = model_prunable_weights(tiny_bert())
+    cap = sensitivity_cap(0.5, 0.3)
+    assert cap == pytest.approx(0.65)
+    plan = allocate(weights, 0.5, {"qkv": 1, "attn_output": 1, "ffn": 1}, {0: 0.1, 1: 10.0}, cap)
+    assert max(plan.values()) == pytest.approx(0.65) and _mean(weights, plan) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="spread"):
+        sensitivity_cap(0.5, 1.5)
