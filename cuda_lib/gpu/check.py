@@ -16,6 +16,7 @@ on any failure.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -104,6 +105,7 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
     masks = random_bert.random_pruning(model, case.density, head_frac=case.head_frac, dim_frac=case.dim_frac,
                                        seed=seed + 1)
     manifest = random_bert.export(model, masks, work / f"m{seed}")
+    model16 = copy.deepcopy(model).half().to(device) if case.precision == "fp16" else None  # torch's own fp16 error
     model64 = model.double().to(device)
     rows = []
     with Engine(lib, manifest, backend="cuda", precision=case.precision) as eng:
@@ -114,6 +116,8 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
                 tokens = rng.integers(0, case.vocab, size=total, dtype=np.int32)
                 segments = rng.integers(0, 2, size=total, dtype=np.int32)
                 ref_logits, ref_hidden = reference(model64, tokens, segments, lengths, device)
+                if model16 is not None:
+                    t_logits, t_hidden = reference(model16, tokens, segments, lengths, device)
                 row = {"case": case.name, "precision": case.precision, "batch": len(lengths),
                        "max_len": max(lengths), "tokens": total, "tile_density": case.density}
                 for padded in (False, True):
@@ -125,7 +129,10 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
                     c_logits, c_hidden = cpu.forward(tokens, lengths, segments, return_hidden=True)
                     row["cpu_hidden_rel"] = rel(hidden, c_hidden)
                     row["cpu_vs_ref_hidden_rel"] = rel(c_hidden, ref_hidden)
-                errs = [v for k, v in row.items() if k.endswith("_rel") and not k.startswith("cpu_vs_ref")]
+                if model16 is not None:
+                    row["torch_fp16_hidden_rel"] = rel(t_hidden, ref_hidden)
+                    row["torch_fp16_logits_rel"] = rel(t_logits, ref_logits)
+                errs = [v for k, v in row.items() if k.endswith("_rel") and not k.startswith(("cpu_vs_ref", "torch_"))]
                 row["max_rel"] = max(errs)
                 row["pass"] = row["max_rel"] <= TOL[case.precision]
                 rows.append(row)
@@ -133,7 +140,7 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
         finally:
             if cpu is not None:
                 cpu.close()
-    del model64
+    del model64, model16
     torch.cuda.empty_cache()
     return rows
 
@@ -159,10 +166,10 @@ def oom_case(lib: Path, work: Path, rng: np.random.Generator) -> dict:
         del hog
         torch.cuda.empty_cache()
         after = eng.forward(tok_small, small)
-        big_ok = np.all(np.isfinite(eng.forward(tok_big, big)))
+        big_ok = bool(np.all(np.isfinite(eng.forward(tok_big, big))))
     row = {"case": "out-of-memory", "status": status, "message": message if status else "",
-           "reuse_rel": rel(after, before), "big_after_free_finite": bool(big_ok)}
-    row["pass"] = status == OOM_STATUS and row["reuse_rel"] == 0.0 and big_ok
+           "reuse_rel": rel(after, before), "big_after_free_finite": big_ok}
+    row["pass"] = bool(status == OOM_STATUS and row["reuse_rel"] == 0.0 and big_ok)
     print(json.dumps(row), flush=True)
     return row
 
@@ -171,7 +178,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lib", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write every row here")
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     ap.add_argument("--only", default="", help="run only cases whose name contains this")
     args = ap.parse_args()
@@ -197,7 +204,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"seed": args.seed, "rows": rows}, indent=1))
     print(f"\nseed {args.seed}; tolerance fp16 {TOL['fp16']}, bf16 {TOL['bf16']} (relative L2 vs float64)")
-    print(f"{'case':28s} {'batch':>5s} {'maxlen':>6s} {'packed':>9s} {'padded':>9s} {'vs cpu':>9s}  result")
+    print(f"{'case':28s} {'batch':>5s} {'maxlen':>6s} {'packed':>9s} {'padded':>9s} {'vs cpu':>9s} {'torch16':>9s}  result")
     for r in rows:
         if "error" in r:
             print(f"{r['case']:28s} {'':>5s} {'':>6s} {'':>9s} {'':>9s} {'':>9s}  FAIL {r['error'][:80]}")
@@ -205,8 +212,10 @@ def main() -> int:
             print(f"{r['case']:28s} status={r['status']} reuse_rel={r['reuse_rel']:.1e}  {'pass' if r['pass'] else 'FAIL'}")
         else:
             cpu = f"{r['cpu_hidden_rel']:.2e}" if "cpu_hidden_rel" in r else "-"
+            t16 = f"{r['torch_fp16_hidden_rel']:.2e}" if "torch_fp16_hidden_rel" in r else "-"
             print(f"{r['case']:28s} {r['batch']:5d} {r['max_len']:6d} {r['packed_hidden_rel']:9.2e} "
-                  f"{r['padded_hidden_rel']:9.2e} {cpu:>9s}  {'pass' if r['pass'] else 'FAIL'} (max {r['max_rel']:.2e})")
+                  f"{r['padded_hidden_rel']:9.2e} {cpu:>9s} {t16:>9s}  {'pass' if r['pass'] else 'FAIL'} "
+                  f"(max {r['max_rel']:.2e})")
     failed = sum(not r["pass"] for r in rows)
     print(f"{len(rows) - failed}/{len(rows)} passed")
     return 1 if failed else 0

@@ -26,8 +26,7 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT"
   date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
   nvcc --version | tail -2; cmake --version | head -1
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
-} > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+} 2>&1
 
 # cuBLASLt: the toolkit's, else the one of PyTorch's nvidia wheels.
 CUBLAS_ARG=""
@@ -43,16 +42,20 @@ fi
 BUILD=/tmp/et-build
 t0=$(date +%s)
 if ! { cmake -S cuda_lib -B "$BUILD" -G Ninja -DET_CUDA=ON -DCMAKE_BUILD_TYPE=Release $CUBLAS_ARG \
-       && cmake --build "$BUILD" -j 16; } > "$OUT/build.log" 2>&1; then
-  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
+       && cmake --build "$BUILD" -j 16; } > /tmp/et-build.log 2>&1; then
+  cp /tmp/et-build.log "$OUT/build.log"; tail -40 /tmp/et-build.log; echo "BUILD FAILED"; exit 1
 fi
 echo "build: $(( $(date +%s) - t0 )) s"
 LIB=$BUILD/libet.so
 EXE=$BUILD/et_infer
 
-step() {  # step NAME LIMIT_S COMMAND...
+step() {  # step NAME LIMIT_S COMMAND... (a shell function of this script runs in a child bash)
   local name=$1 limit=$2; shift 2
   local t=$(date +%s)
+  if declare -F "$1" >/dev/null; then
+    export -f "$1"; export EXE OUT ROOT
+    set -- bash -c "$*"
+  fi
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   SUMMARY+=("$name: rc=$rc $(( $(date +%s) - t ))s")
@@ -97,18 +100,23 @@ random_bert.export(model, random_bert.random_pruning(model, 1.0), out / "dense",
 sparse = random_bert.make_model("bert-base", vocab=30522, seed=11)
 random_bert.export(sparse, random_bert.random_pruning(sparse, 0.2, seed=200), out / "s80", dtype="float16")
 EOF
-  for m in dense s80; do
-    ncu --clock-control none --csv --page raw \
-        --metrics gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active \
-        "$EXE" "$dir/$m/weights.txt" "$dir/$m" --backend cuda --batch 32 --seq 128 --iters 1 --warmup 0 \
-        > "$OUT/ncu_$m.csv" 2>&1 || return 1
+  local metrics=gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
+  for run in "dense 32" "dense 1" "s80 32"; do
+    set -- $run
+    ncu --clock-control none --csv --page raw --metrics "$metrics" "$EXE" "$dir/$1/weights.txt" "$dir/$1" \
+        --backend cuda --batch "$2" --seq 128 --iters 1 --warmup 0 > "/tmp/ncu_$1_b$2.csv" 2>&1 || return 1
+    python3 cuda_lib/gpu/ncu_summary.py "/tmp/ncu_$1_b$2.csv"
   done
-  python3 cuda_lib/gpu/ncu_summary.py "$OUT"/ncu_dense.csv "$OUT"/ncu_s80.csv
+  echo "--- tile_sparse_gemm details (one launch, 80% sparse model, batch 32 x 128)"
+  ncu --clock-control none -k regex:tile_sparse --launch-skip 20 --launch-count 2 --section SpeedOfLight \
+      --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      --section SchedulerStats "$EXE" "$dir/s80/weights.txt" "$dir/s80" --backend cuda --batch 32 --seq 128 \
+      --iters 1 --warmup 0 2>&1 | grep -v "^==PROF==" | tail -150
 }
 
 for s in "$@"; do
   case $s in
-    check) step check "${CHECK_LIMIT:-420}" python3 cuda_lib/gpu/check.py --lib "$LIB" --work /tmp/et-check --json "$OUT/check.json" ;;
+    check) step check "${CHECK_LIMIT:-420}" python3 cuda_lib/gpu/check.py --lib "$LIB" --work /tmp/et-check ;;
     sanitize) step sanitize 300 sanitize ;;
     perf) step perf "${PERF_LIMIT:-480}" python3 cuda_lib/gpu/perf.py --lib "$LIB" --work /tmp/et-perf --json "$OUT/perf.json" \
             ${PERF_ARGS:-} ;;

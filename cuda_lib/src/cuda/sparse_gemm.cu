@@ -23,11 +23,12 @@ struct SparseCfg {
   static constexpr int kMT = BM / WM / 16;            // m16 fragments per warp
   static constexpr int kXStage = BM * kXRow;          // elements
   static constexpr int kWStage = kR * kStageCols * 256;
-  static constexpr int kSmemBytes = kStages * (kXStage + kWStage) * 2;
+  static constexpr int kSmemBytes = kStages * (kXStage + kWStage) * 2;  // + the group's index lists
+  static int smem_bytes(int k) { return kSmemBytes + ((k / kTile + kStageCols) / kStageCols) * kStageCols * (kR + 1) * 4; }
 };
 
 template <typename T, int BM, int WM, int WN>
-__global__ void __launch_bounds__(SparseCfg<BM, WM, WN>::kThreads)
+__global__ void __launch_bounds__(SparseCfg<BM, WM, WN>::kThreads, 1)
     tile_sparse_gemm_kernel(const T* __restrict__ x, int m, int k, const uint4* __restrict__ tiles,
                             const int32_t* __restrict__ gptr, const int32_t* __restrict__ gcol,
                             const int32_t* __restrict__ gtile, const T* __restrict__ bias,
@@ -37,21 +38,28 @@ __global__ void __launch_bounds__(SparseCfg<BM, WM, WN>::kThreads)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sx = reinterpret_cast<T*>(smem_raw);
   uint4* sw = reinterpret_cast<uint4*>(sx + kStages * Cfg::kXStage);
+  int32_t* scol = reinterpret_cast<int32_t*>(sw + kStages * (Cfg::kWStage / 8));  // the group's entries
+  int32_t* stile = scol + ((k / kTile + kStageCols) / kStageCols) * kStageCols;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / WN, wn = warp % WN;
   const int group = blockIdx.y;
   const int m0 = blockIdx.x * BM;
   const int e_begin = gptr[group];
-  const int n_stages = (gptr[group + 1] - e_begin) / kStageCols;
+  const int n_entries = gptr[group + 1] - e_begin;
+  const int n_stages = n_entries / kStageCols;
+  // The index lists go to shared memory once, so no global load sits on the pipeline's critical path.
+  for (int i = tid; i < n_entries; i += Cfg::kThreads) scol[i] = gcol[e_begin + i];
+  for (int i = tid; i < n_entries * R; i += Cfg::kThreads) stile[i] = gtile[static_cast<size_t>(e_begin) * R + i];
+  __syncthreads();
 
   auto load_stage = [&](int s, int buf) {
-    const int e0 = e_begin + s * kStageCols;
+    const int e0 = s * kStageCols;
     T* dx = sx + buf * Cfg::kXStage;
     for (int c = tid; c < BM * kStageCols * 2; c += Cfg::kThreads) {
       const int row = c / (kStageCols * 2), rest = c % (kStageCols * 2);
       const int sc = rest / 2, half = rest % 2;
-      const int col = gcol[e0 + sc];
+      const int col = scol[e0 + sc];
       const bool ok = col >= 0 && m0 + row < m;
       const T* src = ok ? x + static_cast<size_t>(m0 + row) * k + col * kTile + half * 8 : x;
       cp_async16(dx + row * kXRow + sc * kTile + half * 8, src, ok);
@@ -59,7 +67,7 @@ __global__ void __launch_bounds__(SparseCfg<BM, WM, WN>::kThreads)
     uint4* dw = sw + buf * (Cfg::kWStage / 8);
     for (int c = tid; c < kStageCols * R * 32; c += Cfg::kThreads) {
       const int slot = c / 32, l = c % 32;  // slot = sc * R + r
-      const int t = gtile[static_cast<size_t>(e0) * R + slot];
+      const int t = stile[e0 * R + slot];
       if (t >= 0) cp_async16(dw + slot * 32 + l, tiles + static_cast<size_t>(t) * 32 + l, true);
     }
   };
@@ -85,11 +93,11 @@ __global__ void __launch_bounds__(SparseCfg<BM, WM, WN>::kThreads)
     const int buf = s % kStages;
     const T* bx = sx + buf * Cfg::kXStage;
     const uint4* bw = sw + buf * (Cfg::kWStage / 8);
-    const int e0 = e_begin + s * kStageCols;
+    const int e0 = s * kStageCols;
 #pragma unroll
     for (int sc = 0; sc < kStageCols; ++sc) {
-      const int t0 = gtile[static_cast<size_t>(e0 + sc) * R + wn * 2];
-      const int t1 = gtile[static_cast<size_t>(e0 + sc) * R + wn * 2 + 1];
+      const int t0 = stile[(e0 + sc) * R + wn * 2];
+      const int t1 = stile[(e0 + sc) * R + wn * 2 + 1];
       if (t0 < 0 && t1 < 0) continue;
       const uint4 b0 = bw[(sc * R + wn * 2) * 32 + lane];
       const uint4 b1 = bw[(sc * R + wn * 2 + 1) * 32 + lane];
@@ -143,13 +151,15 @@ void launch(const DeviceSparseWeight& w, const DeviceTileGroups& g, const T* x, 
             const T* residual, T* y, Epilogue epi, cudaStream_t stream) {
   using Cfg = SparseCfg<BM, WM, WN>;
   auto kernel = tile_sparse_gemm_kernel<T, BM, WM, WN>;
-  static const bool attr_set =
-      (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes),
-             "cudaFuncSetAttribute(tile_sparse_gemm)"),
-       true);
-  (void)attr_set;
+  static int attr_bytes = 0;  // the largest dynamic shared memory size allowed so far
+  const int smem = Cfg::smem_bytes(w.k);
+  if (smem > attr_bytes) {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+          "cudaFuncSetAttribute(tile_sparse_gemm)");
+    attr_bytes = smem;
+  }
   const dim3 grid((m + BM - 1) / BM, g.groups);
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(x, m, w.k, static_cast<const uint4*>(w.tiles), g.ptr,
+  kernel<<<grid, Cfg::kThreads, smem, stream>>>(x, m, w.k, static_cast<const uint4*>(w.tiles), g.ptr,
                                                            g.col, g.tile, bias, residual, y, w.n,
                                                            static_cast<int>(epi));
   check_launch("tile_sparse_gemm");
