@@ -4,7 +4,11 @@
 #   snakemake --cores 4 --forcerun prune         rerun a stage and everything downstream
 # Rules live in workflow/rules/*.smk; each calls one module of pipeline_steps/.
 
-configfile: "config.yaml"
+import os
+
+# The repository's config.yaml, also when run from another folder (-s /path/Snakefile --directory DIR);
+# --configfile FILE and --config KEY=VALUE are applied over it.
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 include: "workflow/rules/common.smk"

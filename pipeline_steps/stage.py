@@ -76,10 +76,15 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON to a temporary name, then rename it into place."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write text to a temporary name, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
 
 

@@ -37,8 +37,8 @@ class TrackingError(RuntimeError):
 
 
 def default_tracking_uri() -> str:
-    """``sqlite:///<project>/mlflow.db``."""
-    return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    """``sqlite:///<working directory>/mlflow.db``: next to ``results/`` (the repository when run from there)."""
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -108,7 +108,7 @@ def _ensure_experiment(mlc, name: str, artifact_root: str) -> str:
         return exp.experiment_id
     root = Path(artifact_root)
     if not root.is_absolute():
-        root = PROJECT_ROOT / root
+        root = Path.cwd() / root
     location = (root / name).as_uri()
     try:
         return _retry(mlc.create_experiment, name, artifact_location=location)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,10 +32,22 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its schema created once (creating one costs several seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch) -> str:
-    """MLFLOW_TRACKING_URI pointing to a fresh SQLite store in the test's tmp folder."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def mlflow_uri(tmp_path, monkeypatch, _empty_mlflow_db) -> str:
+    """MLFLOW_TRACKING_URI pointing to a fresh, empty SQLite store in the test's tmp folder."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_empty_mlflow_db, db)
+    uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 
