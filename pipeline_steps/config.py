@@ -79,6 +79,9 @@ def _check_semantics(config: dict) -> None:
     if looks_like_local_path(model) and not Path(model).expanduser().is_dir():
         raise ConfigError(f"config key model.name_or_path: {model!r} is not an existing folder")
     data = config["data"]
+    if data["source"] == "synthetic" and data["task"] != "mrpc":
+        raise ConfigError("config key data.task: the synthetic source is an MRPC-format paraphrase task; "
+                          f"use task: mrpc (got {data['task']!r}) or another data.source")
     if data["source"] == "local" and not data["local_dir"]:
         raise ConfigError("config key data.local_dir: required when data.source is 'local'")
     tr, tc = config["prune"]["tile"]
