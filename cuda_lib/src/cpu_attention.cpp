@@ -67,7 +67,8 @@ void query_block(const float* q, const float* kt, const float* v, const float* m
     for (int r = 0; r < R; ++r) {
       float out[kLanes];
       std::memcpy(out, &acc[r], sizeof(out));
-      std::copy_n(out, std::min(kLanes, d - c), ctx + int64_t(r) * ldc + c);
+      float* dst = ctx + int64_t(r) * ldc + c;
+      for (int e = 0, m = std::min(kLanes, d - c); e < m; ++e) dst[e] = out[e];
     }
   }
 }
@@ -95,9 +96,13 @@ void attention_head(const float* q, const float* k, const float* v, int64_t ld, 
     const float* qj = q + j * ld;
     const float* kj = k + j * ld;
     const float* vj = v + j * ld;
-    std::copy_n(qj, d, s.q.data() + int64_t(j) * dp);
-    std::copy_n(vj, d, s.v.data() + int64_t(j) * dp);
-    for (int e = 0; e < d; ++e) s.kt[size_t(e) * np + j] = kj[e];
+    float* qd = s.q.data() + int64_t(j) * dp;
+    float* vd = s.v.data() + int64_t(j) * dp;
+    for (int e = 0; e < d; ++e) {  // plain loops: d is small, a memmove call per row costs more
+      qd[e] = qj[e];
+      vd[e] = vj[e];
+      s.kt[size_t(e) * np + j] = kj[e];
+    }
   }
   for (int j = 0; j < np; ++j) s.mask[size_t(j)] = j < valid ? 0.0f : std::numeric_limits<float>::lowest();
   const float scale = 1.0f / std::sqrt(float(d));

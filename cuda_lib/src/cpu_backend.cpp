@@ -15,6 +15,7 @@
 #include "backend.h"
 #include "cpu_attention.h"
 #include "cpu_linear.h"
+#include "cpu_math.h"
 
 namespace et {
 namespace {
@@ -198,12 +199,8 @@ class CpuBackend final : public Backend {
 
   void layer_norm_row(float* x, const std::vector<float>& gamma, const std::vector<float>& beta) const {
     const int64_t H = model_->cfg.hidden;
-    float mean = 0.0f;
-    for (int64_t j = 0; j < H; ++j) mean += x[j];
-    mean /= float(H);
-    float var = 0.0f;
-    for (int64_t j = 0; j < H; ++j) var += (x[j] - mean) * (x[j] - mean);
-    var /= float(H);
+    const float mean = cpu::lane_sum(x, H, [](float v) { return v; }) / float(H);
+    const float var = cpu::lane_sum(x, H, [mean](float v) { return (v - mean) * (v - mean); }) / float(H);
     const float inv = 1.0f / std::sqrt(var + model_->cfg.layer_norm_eps);
     for (int64_t j = 0; j < H; ++j) x[j] = (x[j] - mean) * inv * gamma[size_t(j)] + beta[size_t(j)];
   }

@@ -48,6 +48,20 @@ inline float fast_erf(float x) {
   return x < 0.0f ? -y : y;
 }
 
+// sum_j f(x[j]) over j < n, in 16 interleaved partial sums so the loop vectorises (one serial
+// float chain cannot be reordered by the compiler).
+template <typename F>
+inline float lane_sum(const float* x, int64_t n, F f) {
+  float part[16] = {};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int c = 0; c < 16; ++c) part[c] += f(x[j + c]);
+  float total = 0.0f;
+  for (; j < n; ++j) total += f(x[j]);
+  for (int c = 0; c < 16; ++c) total += part[c];
+  return total;
+}
+
 // The exact (erf-based) GELU: x * Phi(x).
 inline float gelu(float x) { return 0.5f * x * (1.0f + fast_erf(x * 0.70710678118654752f)); }
 
