@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from . import modeling, tracking
+from . import modeling
 from .admm import ADMM
 from .head_pruning import attention_layers, head_weight_scores
 from .mask_selection import SparsityPlan, select_masks
@@ -134,6 +134,8 @@ def prune(args) -> None:
     weights = model_prunable_weights(model)
     for w in weights:  # prune.tile must divide every weight (hidden and intermediate sizes) before any work
         check_tile(w.shape, tuple(cfg["tile"]), w.name)
+    from . import tracking  # here, not at import: the training steps above run without MLflow installed
+
     tags = {"sparsity": f"{target:g}", "algorithm": cfg["algorithm"], "policy": cfg["policy"]}
     with tracking.stage_run(args.run_dir, branch_name("prune", target), args.params, tags=tags) as run:
         started = time.monotonic()

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import modeling, tracking
+from . import modeling
 from .distillation import distillation_loss
 from .masking import MaskEnforcer, element_masks, mask_violations
 from .stage import base_parser, read_json, setup_runtime
@@ -81,6 +81,8 @@ def retrain(args) -> None:
         teacher = modeling.load_classifier(args.teacher_dir).to(device)
         extra = distillation_loss(teacher, float(distill["alpha"]), float(distill["temperature"]),
                                   data.task.is_regression)
+    from . import tracking  # here, not at import: retrain_masked runs without MLflow installed
+
     tags = {"sparsity": f"{args.sparsity:g}", "distill": str(distill["enabled"]).lower()}
     with tracking.stage_run(args.run_dir, branch_name("retrain", args.sparsity), args.params, tags=tags) as run:
         started = time.monotonic()
