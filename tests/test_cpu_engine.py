@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from libet_build import apply_masks, export, libet, ragged_batch, random_bert, random_masks, torch_logits  # noqa: F401
 from pipeline_steps.engine import Engine
@@ -18,7 +20,12 @@ CONFIGS = [
     dict(layers=2, hidden=64, heads=4, intermediate=128, vocab=97, max_positions=40, labels=3),
     dict(layers=3, hidden=96, heads=6, intermediate=160, vocab=211, max_positions=64, labels=2, type_vocab=3),
     dict(layers=1, hidden=48, heads=3, intermediate=96, vocab=50, max_positions=17, labels=1),
+    dict(layers=2, hidden=128, heads=2, intermediate=256, vocab=64, max_positions=33, labels=2),
+    dict(layers=2, hidden=40, heads=2, intermediate=72, vocab=30, max_positions=21, labels=5),
 ]
+# head size 16, 16, 16, 64 (BERT-base's), 20 (not a multiple of the 16-wide vector: padded paths);
+# hidden 40 and intermediate 72 are not multiples of the 16-row panels either.
+TILES = {40: (8, 8)}
 
 
 def assert_parity(ours: np.ndarray, ref: np.ndarray) -> None:
@@ -35,11 +42,11 @@ def all_lengths(max_len: int) -> list[int]:
     return lengths
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=["h64", "h96-3types", "h48-regression"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["h64", "h96-3types", "h48-regression", "h128-headdim64", "h40-headdim20"])
 @pytest.mark.parametrize("pruned", [False, True], ids=["dense", "tiles+heads"])
 def test_parity_with_transformers(libet, tmp_path, cfg, pruned):
     model = random_bert(seed=len(cfg) + cfg["hidden"], **cfg)
-    masks = random_masks(model, seed=7, tile=(16, 16), density=0.4) if pruned else None
+    masks = random_masks(model, seed=7, tile=TILES.get(cfg["hidden"], (16, 16)), density=0.4) if pruned else None
     if masks:
         apply_masks(model, masks)
     manifest = export(model, tmp_path / "npy", masks)
@@ -145,3 +152,24 @@ def test_segments_default_to_zero_and_benchmark(libet, tmp_path):
                                       engine.forward(tokens, lengths, np.zeros_like(tokens)))
         ms = engine.benchmark(tokens, lengths, warmup=1, iters=4)
     assert ms.shape == (4,) and np.all(ms > 0)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=9), padded=st.booleans())
+def test_any_ragged_batch_equals_sequences_one_by_one(libet, hypothesis_manifest, lengths, padded):
+    """Property: a sequence's logits do not depend on the rest of its batch (ragged or padded)."""
+    tokens, segments, lens = ragged_batch(np.random.default_rng(len(lengths)), lengths, 97)
+    with Engine(libet.lib, hypothesis_manifest) as engine:
+        batch = engine.forward(tokens, lens, segments, padded=padded)
+        offsets = np.concatenate([[0], np.cumsum(lens)])
+        for i in range(len(lens)):
+            one = engine.forward(tokens[offsets[i]:offsets[i + 1]], lens[i:i + 1], segments[offsets[i]:offsets[i + 1]])
+            np.testing.assert_allclose(batch[i], one[0], rtol=0, atol=1e-6 * max(1.0, float(np.abs(one).max())))
+
+
+@pytest.fixture(scope="module")
+def hypothesis_manifest(tmp_path_factory):
+    model = random_bert(seed=12)
+    masks = random_masks(model, seed=12, density=0.5)
+    apply_masks(model, masks)
+    return export(model, tmp_path_factory.mktemp("hyp") / "npy", masks)
