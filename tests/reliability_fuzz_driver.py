@@ -108,7 +108,7 @@ def mutated_manifest(draw, original: str) -> str:
         elif op == "field" and lines:
             fields = lines[i].split(" ")
             k = draw(st.integers(0, len(fields)))
-            token = draw(st.sampled_from(NASTY_TOKENS) | st.text(max_size=8))
+            token = draw(st.sampled_from(NASTY_INTS) | st.sampled_from(NASTY_TOKENS) | st.text(max_size=8))
             if k == len(fields):
                 fields.append(token)
             else:

@@ -124,6 +124,12 @@ def _reference(file_field: str) -> Callable[[Path], None]:
     return mutate
 
 
+def _config_layers(value: str) -> Callable[[Path], None]:
+    def mutate(folder: Path) -> None:
+        _edit_manifest(folder / "weights.txt", "config layers 1\n", f"config layers {value}\n")
+    return mutate
+
+
 def _symlink_outside(folder: Path) -> None:
     outside = folder.parent / "outside.npy"
     os.replace(_npy(folder, POOLER), outside)
@@ -162,6 +168,9 @@ CASES: dict[str, tuple[Callable[[Path], None], int, list[str]]] = {
     "path_hidden": (_reference(".hidden.npy"), FORMAT, ["'.hidden.npy' is not a plain file name"]),
     "path_backslash": (_reference("..\\x.npy"), FORMAT, ["is not a plain file name"]),
     "symlink_outside": (_symlink_outside, FORMAT, [f"{POOLER}.npy", "outside"]),
+    "config_value_overflows_int64": (_config_layers("9223372036854775808"), FORMAT,
+                                     ["config layers = '9223372036854775808' is not an integer in [1, 16777216]"]),
+    "config_value_zero": (_config_layers("0"), FORMAT, ["config layers = '0' is not an integer in [1,"]),
 }
 
 

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -57,6 +58,7 @@ bool parse_int(const std::string& s, int64_t lo, int64_t hi, int64_t& out) {
   int64_t v = 0;
   for (; i < s.size(); ++i) {
     if (s[i] < '0' || s[i] > '9') return false;
+    if (v > (std::numeric_limits<int64_t>::max() - (s[i] - '0')) / 10) return false;  // would overflow
     v = v * 10 + (s[i] - '0');
   }
   if (neg) v = -v;
