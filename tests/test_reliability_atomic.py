@@ -90,12 +90,28 @@ def test_exception_inside_atomic_dir_removes_temporary(tmp_path: Path) -> None:
 
 
 def test_rerun_after_kill_replaces_cleanly(tmp_path: Path) -> None:
-    """After a killed attempt, the next attempt's atomic_dir produces exactly its own files."""
+    """After a killed attempt, the next attempt's atomic_dir produces exactly its own files and
+    removes the dead attempt's temporary folder."""
     final = tmp_path / "retrain"
     proc = _start_writer(final, tmp_path / "ready", "dir")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    assert (tmp_path / f".retrain.tmp-{proc.pid}").is_dir()
     with atomic_dir(final) as tmp:
         write_json(tmp / "metrics.json", {"accuracy": 0.8})
     assert sorted(p.name for p in final.iterdir()) == ["metrics.json"]
     assert json.loads((final / "metrics.json").read_text()) == {"accuracy": 0.8}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ready", "retrain"]
+
+
+def test_live_writers_temporary_is_left_alone(tmp_path: Path) -> None:
+    """A temporary whose process is still running is not touched by another writer of the same name."""
+    final = tmp_path / "prune"
+    proc = _start_writer(final, tmp_path / "ready", "dir")
+    try:
+        with atomic_dir(final) as tmp:
+            write_json(tmp / "metrics.json", {})
+        assert (tmp_path / f".prune.tmp-{proc.pid}" / "metrics.json").exists()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
