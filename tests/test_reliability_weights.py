@@ -227,3 +227,32 @@ def test_symlink_inside_the_folder_is_accepted(tmp_path: Path, libet, tiny_expor
     _npy(folder, POOLER).symlink_to("pooler-data.npy")
     with Engine(libet.lib, manifest, backend="cpu") as eng:
         assert eng.info["hidden"] == 32
+
+
+def test_infer_stage_on_corrupted_export_writes_nothing(tmp_path: Path, libet, mlflow_uri) -> None:
+    """The infer stage on an export whose weight file was truncated after export_npy: EngineError
+    naming the file, the stage's MLflow run FAILED with that message, no infer output."""
+    import json
+
+    from libet_build import export, random_bert
+    from pipeline_steps import glue, infer, modeling, tracking
+
+    tokenizer = modeling.load_tokenizer(modeling.EMBEDDED_MODEL)
+    model = random_bert(3, vocab=tokenizer.vocab_size, hidden=32, heads=2, intermediate=64, max_positions=64, labels=2)
+    modeling.save_checkpoint(model, tokenizer, tmp_path / "model")
+    manifest = export(model, tmp_path / "npy")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / glue.TASK_FILE).write_text(json.dumps({"task": "mrpc"}))
+    glue.write_split(data / "dev.tsv", glue.TASKS["mrpc"], [glue.Example("a cat", "a dog", 1.0)] * 4)
+    _truncate(manifest.parent)
+    out = tmp_path / "infer"
+    params = {"model": {"max_seq_length": 32}, "infer": {"backend": "cpu", "batch_size": 4}}
+    with pytest.raises(EngineError, match=r"word_embeddings\.weight\.npy: truncated \.npy file") as err:
+        infer.main(["--params", json.dumps(params), "--lib", str(libet.lib), "--exe", str(libet.exe), "--manifest",
+                    str(manifest), "--model-dir", str(tmp_path / "model"), "--data-dir", str(data), "--out-dir", str(out)])
+    assert err.value.status == FORMAT
+    assert not out.exists() and not list(tmp_path.glob(".infer.tmp-*"))
+    mlc = tracking.client(mlflow_uri)
+    (run,) = mlc.search_runs([e.experiment_id for e in mlc.search_experiments()], "tags.stage = 'infer'")
+    assert run.info.status == "FAILED" and "truncated .npy file" in run.data.tags["error"]
