@@ -9,7 +9,7 @@ from libet_build import export, libet, random_bert  # noqa: F401
 from pipeline_steps import engine as eng
 from pipeline_steps.engine import Engine, EngineError
 
-INVALID = eng.CONSTANTS.get("ET_ERR_INVALID_ARGUMENT", 1)
+INVALID, BACKEND, UNSUPPORTED = 1, 6, 7  # et_status values of et.h
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,11 @@ def good_batch():
     return np.array([1, 2, 3, 4, 5], dtype=np.int32), np.array([2, 3], dtype=np.int32)
 
 
+def test_status_values_match_header(libet):
+    lib = eng.load_library(libet.lib)
+    assert (lib.ET_ERR_INVALID_ARGUMENT, lib.ET_ERR_BACKEND, lib.ET_ERR_UNSUPPORTED) == (INVALID, BACKEND, UNSUPPORTED)
+
+
 def expect(status: int, pattern: str, fn, *args, **kwargs) -> None:
     with pytest.raises(EngineError, match=pattern) as info:
         fn(*args, **kwargs)
@@ -37,60 +42,60 @@ def expect(status: int, pattern: str, fn, *args, **kwargs) -> None:
 def test_token_id_equal_to_vocab(engine):
     tokens, lengths = good_batch()
     tokens[3] = 97
-    expect(1, r"token_ids\[3\] = 97 is outside 0\.\.96 \(vocab size 97\)", engine.forward, tokens, lengths)
+    expect(INVALID, r"token_ids\[3\] = 97 is outside 0\.\.96 \(vocab size 97\)", engine.forward, tokens, lengths)
 
 
 def test_negative_token_id(engine):
     tokens, lengths = good_batch()
     tokens[0] = -1
-    expect(1, r"token_ids\[0\] = -1", engine.forward, tokens, lengths)
+    expect(INVALID, r"token_ids\[0\] = -1", engine.forward, tokens, lengths)
 
 
 def test_length_above_max_positions(engine):
     lengths = np.array([41], dtype=np.int32)
-    expect(1, r"lengths\[0\] = 41 is outside 1\.\.40 \(max_positions\)", engine.forward, np.zeros(41, np.int32), lengths)
+    expect(INVALID, r"lengths\[0\] = 41 is outside 1\.\.40 \(max_positions\)", engine.forward, np.zeros(41, np.int32), lengths)
 
 
 def test_zero_length_sequence(engine):
-    expect(1, r"lengths\[1\] = 0", engine.forward, np.zeros(3, np.int32), np.array([3, 0], np.int32))
+    expect(INVALID, r"lengths\[1\] = 0", engine.forward, np.zeros(3, np.int32), np.array([3, 0], np.int32))
 
 
 def test_batch_zero(engine):
-    expect(1, r"batch = 0 \(must be >= 1\)", engine.forward, np.zeros(0, np.int32), np.zeros(0, np.int32))
+    expect(INVALID, r"batch = 0 \(must be >= 1\)", engine.forward, np.zeros(0, np.int32), np.zeros(0, np.int32))
 
 
 def test_segment_id_outside_type_vocab(engine):
     tokens, lengths = good_batch()
-    expect(1, r"segment_ids\[4\] = 2 is outside 0\.\.1", engine.forward, tokens, lengths, np.array([0, 0, 1, 1, 2]))
+    expect(INVALID, r"segment_ids\[4\] = 2 is outside 0\.\.1", engine.forward, tokens, lengths, np.array([0, 0, 1, 1, 2]))
 
 
 def test_token_count_disagrees_with_lengths(engine):
     tokens, lengths = good_batch()
-    expect(1, r"token_ids has 4 values but lengths sum to 5", engine.forward, tokens[:4], lengths)
+    expect(INVALID, r"token_ids has 4 values but lengths sum to 5", engine.forward, tokens[:4], lengths)
 
 
 def test_benchmark_iters_zero(engine):
     tokens, lengths = good_batch()
-    expect(1, r"iters = 0", engine.benchmark, tokens, lengths, iters=0)
+    expect(INVALID, r"iters = 0", engine.benchmark, tokens, lengths, iters=0)
 
 
 def test_closed_engine(engine):
     engine.close()
     engine.close()  # idempotent
-    expect(1, "closed", engine.forward, *good_batch())
+    expect(INVALID, "closed", engine.forward, *good_batch())
 
 
 def test_cuda_backend_missing_in_cpu_build(libet, manifest):
-    expect(eng.CONSTANTS.get("ET_ERR_BACKEND", 6), "no CUDA backend", Engine, libet.lib, manifest, backend="cuda")
+    expect(BACKEND, "no CUDA backend", Engine, libet.lib, manifest, backend="cuda")
     assert eng.cuda_available(libet.lib) is False
 
 
 def test_fp16_precision_unsupported_on_cpu(libet, manifest):
-    expect(7, "float32 only", Engine, libet.lib, manifest, backend="cpu", precision="fp16")
+    expect(UNSUPPORTED, "float32 only", Engine, libet.lib, manifest, backend="cpu", precision="fp16")
 
 
 def test_negative_threads(libet, manifest):
-    expect(1, r"threads = -1", Engine, libet.lib, manifest, threads=-1)
+    expect(INVALID, r"threads = -1", Engine, libet.lib, manifest, threads=-1)
 
 
 class TestNullPointers:
