@@ -8,7 +8,7 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   sparse       80% tile sparsity (random 16x16 tiles in every encoder linear) vs our dense
   ragged       lengths U[16, 128], batch 32: padding-free vs padded
   density      sparse kernel vs cuBLASLt on the same pruned model at several densities (the
-               ET_SPARSE_MAX_DENSITY threshold), and the sparse kernel's block shape (ET_SPARSE_ROWS)
+               ET_SPARSE_MAX_DENSITY threshold), and the sparse kernel's block shape (ET_SPARSE_SHAPE)
   attention    whole-sequence vs streaming operator by sequence length (the ET_ATTN_SHORT_MAX switch)
 Each timing: 10 warm-up + median of 50 CUDA-event-timed runs, measured twice. Writes --json and
 prints a table last.
@@ -143,9 +143,9 @@ def main() -> int:
             r = p.record(f"density {density:g} default b32 s128", p.engine_ms(eng, b32), fl)
             r["speedup_vs_dense"] = dense_ms / r["ms_median"]
         if density == min(float(d) for d in args.densities.split(",")):  # block shape of the sparse GEMM
-            for rows in ("16", "8", "4"):
-                with env(ET_SPARSE_MAX_DENSITY="2", ET_SPARSE_ROWS=rows), Engine(p.lib, manifest, backend="cuda") as eng:
-                    p.record(f"density {density:g} tile-sparse {rows} tile rows/block", p.engine_ms(eng, b32), fl)
+            for code, shape in (("1", "128x16"), ("2", "128x8"), ("3", "64x8"), ("4", "64x4")):
+                with env(ET_SPARSE_MAX_DENSITY="2", ET_SPARSE_SHAPE=code), Engine(p.lib, manifest, backend="cuda") as eng:
+                    p.record(f"density {density:g} tile-sparse block {shape}", p.engine_ms(eng, b32), fl)
 
     # PyTorch peers at the headline shape
     inputs = [bench.padded_inputs(*bench.random_batch(p.rng, b32, model.config.vocab_size), b32, "cuda")

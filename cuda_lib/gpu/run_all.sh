@@ -6,6 +6,7 @@
 #   perf      the performance targets and switch points      (cuda_lib/gpu/perf.py)
 #   ncu       per-kernel profile of one dense and one 80%-sparse forward (ncu --clock-control none)
 #   bench     python -m pipeline_steps.bench --standalone (writes BENCHMARKS.md; outputs tarred)
+#   benchsmoke  the same on a tiny grid
 #   prune     scripts/gpu_prune_check.py, when present
 # Usage, from the repository root:  cuda_lib/gpu/run_all.sh check sanitize perf
 set -u -o pipefail
@@ -127,6 +128,10 @@ for s in "$@"; do
         --benchmarks-md /tmp/et-bench-md/BENCHMARKS.md
       cp -r /tmp/et-bench/. /tmp/et-bench-md/ 2>/dev/null
       tar -C /tmp/et-bench-md -czf "$OUT/bench.tgz" . ;;
+    benchsmoke)  # the bench stage's GPU path on a tiny grid
+      step benchsmoke 240 python3 -m pipeline_steps.bench --standalone --lib "$LIB" --out-dir /tmp/et-bench-smoke \
+        --shapes bert-base --batches 1,8 --seqs 64 --sparsities 0.8 --compile-shapes bert-base:1:64 --iters 5 \
+        --warmup 2 ;;
     prune)
       if [ -f scripts/gpu_prune_check.py ]; then step prune 300 python3 scripts/gpu_prune_check.py
       else SUMMARY+=("prune: scripts/gpu_prune_check.py not in the repository"); fi ;;

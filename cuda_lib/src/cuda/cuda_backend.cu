@@ -7,7 +7,7 @@
 //   ET_ATTN_SHORT_MAX      longest batch sequence that uses the whole-sequence attention operator
 //   ET_POISON_WORKSPACE=1  fill the workspace with NaNs before each forward (tests catch unwritten data)
 //   ET_DENSE_TANH_GELU=1   dense FFN1 uses cuBLASLt's fused tanh-GELU epilogue instead of exact erf GELU
-//   ET_SPARSE_ROWS         tile rows per block of the sparse GEMM (16, 8, 4; default 0 = by grid size)
+//   ET_SPARSE_SHAPE        block shape of the sparse GEMM: 0 auto, 1 128x16, 2 128x8, 3 64x8, 4 64x4
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -180,7 +180,7 @@ struct Shape {
 // Activation buffers (capacity rows_cap x width), batch index arrays and host staging of a forward.
 struct Workspace {
   int rows_cap = 0, batch_cap = 0;
-  DeviceBuffer idx, x, x2, tmp, qkv, att, ffn, logits, hidden;
+  DeviceBuffer idx, x, x2, tmp, qkv, att, ffn, pooled, logits, hidden;
   PinnedBuffer idx_host, logits_host;
 };
 
@@ -201,9 +201,10 @@ class CudaEngine final : public Backend {
     num_sms_ = prop.multiProcessorCount;
     short_max_ = static_cast<int>(env_number("ET_ATTN_SHORT_MAX", kDefaultShortMax));
     poison_ = env_number("ET_POISON_WORKSPACE", 0) != 0;
-    sparse_rows_ = static_cast<int>(env_number("ET_SPARSE_ROWS", 0));
-    if (sparse_rows_ != 0 && sparse_rows_ != 4 && sparse_rows_ != 8 && sparse_rows_ != 16)
-      throw Error(ET_ERR_INVALID_ARGUMENT, "ET_SPARSE_ROWS must be 0, 4, 8 or 16");
+    const int shape = static_cast<int>(env_number("ET_SPARSE_SHAPE", 0));
+    if (shape < 0 || shape > static_cast<int>(SparseShape::k64x4))
+      throw Error(ET_ERR_INVALID_ARGUMENT, "ET_SPARSE_SHAPE must be 0 (auto), 1, 2, 3 or 4");
+    sparse_shape_ = static_cast<SparseShape>(shape);
     const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
     const bool tanh_gelu = env_number("ET_DENSE_TANH_GELU", 0) != 0;
 
@@ -306,6 +307,7 @@ class CudaEngine final : public Backend {
       w.qkv = DeviceBuffer(sizeof(T) * R * prepared_.max_qkv_width);
       w.att = DeviceBuffer(sizeof(T) * R * prepared_.max_att_width);
       w.ffn = DeviceBuffer(sizeof(T) * R * c.intermediate);
+      w.pooled = DeviceBuffer(sizeof(float) * B * c.hidden);
       w.logits = DeviceBuffer(sizeof(float) * B * c.labels);
       w.hidden = DeviceBuffer(sizeof(float) * R * c.hidden);
       w.idx_host = PinnedBuffer(n_idx * sizeof(int32_t));
@@ -349,7 +351,8 @@ class CudaEngine final : public Backend {
     check(cudaMemcpyAsync(ws_.idx.as<int32_t>(), h, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_),
           "cudaMemcpyAsync(batch indices)");
     if (poison_) {
-      for (DeviceBuffer* buf : {&ws_.x, &ws_.x2, &ws_.tmp, &ws_.qkv, &ws_.att, &ws_.ffn, &ws_.logits, &ws_.hidden})
+      for (DeviceBuffer* buf : {&ws_.x, &ws_.x2, &ws_.tmp, &ws_.qkv, &ws_.att, &ws_.ffn, &ws_.pooled, &ws_.logits,
+                                &ws_.hidden})
         check(cudaMemsetAsync(buf->as<void>(), 0xff, buf->bytes(), stream_), "cudaMemsetAsync(poison)");
     }
     return s;
@@ -357,7 +360,7 @@ class CudaEngine final : public Backend {
 
   void linear(const DeviceLinear<T>& l, const T* x, int m, const T* residual, T* y, Epilogue epi) {
     if (l.sparse)
-      sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, num_sms_, sparse_rows_, stream_);
+      sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, num_sms_, sparse_shape_, stream_);
     else
       gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi, stream_);
   }
@@ -384,7 +387,7 @@ class CudaEngine final : public Backend {
       layernorm<T>(tmp, s.rows, H, L.ln2g.template as<T>(), L.ln2b.template as<T>(), c.layer_norm_eps, x, stream_);
     }
     pooler_classifier<T>(x, cls, s.batch, H, pool_w_.as<T>(), pool_b_.as<T>(), cls_w_.as<T>(), cls_b_.as<T>(),
-                         c.labels, ws_.logits.as<float>(), stream_);
+                         c.labels, ws_.pooled.as<float>(), ws_.logits.as<float>(), stream_);
   }
 
   // Run the forward of shape s: replay its CUDA graph (captured on first use, after one eager run
@@ -440,7 +443,7 @@ class CudaEngine final : public Backend {
   int num_sms_ = 0;
   int short_max_ = kDefaultShortMax;
   bool poison_ = false;
-  int sparse_rows_ = 0;
+  SparseShape sparse_shape_ = SparseShape::kAuto;
   PreparedModel prepared_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DenseGemm> gemm_;

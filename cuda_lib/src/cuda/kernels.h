@@ -24,11 +24,13 @@ struct DeviceSparseWeight {
   DeviceTileGroups g4, g8, g16;
 };
 
+// Thread-block shape of the sparse GEMM: rows of X x tile rows of W.
+enum class SparseShape : int { kAuto = 0, k128x16, k128x8, k64x8, k64x4 };
+
 // Y[M, n] = epilogue(X[M, k] . W^T + bias (+ residual)); X, Y, residual row-major with ld k / n / n.
-// rows_per_block: tile rows per thread block (16, 8 or 4), or 0 to choose by the grid size.
 template <typename T>
 void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, int num_sms, int rows_per_block, cudaStream_t stream);
+                 Epilogue epi, int num_sms, SparseShape shape, cudaStream_t stream);
 
 // Per computed head of a layer (device copy of prepare.h's HeadSlot).
 struct DeviceHeads {
@@ -60,10 +62,10 @@ void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, 
 template <typename T>
 void gelu_inplace(T* x, int64_t n, cudaStream_t stream);
 
-// logits[b, labels] = classifier(tanh(pooler(x[cls_row[b]]))), fp32 output.
+// logits[b, labels] = classifier(tanh(pooler(x[cls_row[b]]))), fp32 output; pooled: [batch, hidden] scratch.
 template <typename T>
 void pooler_classifier(const T* x, const int32_t* cls_row, int batch, int hidden, const T* wp, const T* bp,
-                       const T* wc, const T* bc, int labels, float* logits, cudaStream_t stream);
+                       const T* wc, const T* bc, int labels, float* pooled, float* logits, cudaStream_t stream);
 
 // out[i, :] = float(x[rows[i], :]) for i < n.
 template <typename T>

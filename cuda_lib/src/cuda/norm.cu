@@ -135,40 +135,57 @@ __global__ void gelu_kernel(T* __restrict__ x, int64_t n8) {
   }
 }
 
-// Dot product of a T row with an fp32 shared-memory vector, reduced over the warp.
-template <typename T>
-__device__ __forceinline__ float warp_dot(const T* row, const float* vec, int n, int lane) {
-  float acc = 0.0f;
-  for (int c = lane; c < n / 8; c += 32) {
-    float w[8];
-    load8(row + c * 8, w);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc += w[e] * vec[c * 8 + e];
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  return acc;
-}
+constexpr int kPoolOutsPerWarp = 4;
+constexpr int kPoolWarps = 8;
 
+// pooled[b, j] = tanh(wp[j] . x[cls_row[b]] + bp[j]): a block per (32 outputs, sequence), each warp
+// four outputs with their weight loads in flight together (the kernel is latency-bound otherwise).
 template <typename T>
-__global__ void pooler_classifier_kernel(const T* __restrict__ x, const int32_t* __restrict__ cls_row, int hidden,
-                                         const T* __restrict__ wp, const T* __restrict__ bp, const T* __restrict__ wc,
-                                         const T* __restrict__ bc, int labels, float* __restrict__ logits) {
-  extern __shared__ float sm[];
-  float* h = sm;
-  float* pooled = sm + hidden;
-  const int b = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+__global__ void pooler_kernel(const T* __restrict__ x, const int32_t* __restrict__ cls_row, int hidden,
+                              const T* __restrict__ wp, const T* __restrict__ bp, float* __restrict__ pooled) {
+  extern __shared__ float h[];
+  const int b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const T* src = x + static_cast<size_t>(cls_row[b]) * hidden;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) h[i] = Elem<T>::to_float(src[i]);
   __syncthreads();
-  for (int j = warp; j < hidden; j += warps) {
-    const float d = warp_dot(wp + static_cast<size_t>(j) * hidden, h, hidden, lane);
-    if (lane == 0) pooled[j] = tanhf(d + Elem<T>::to_float(bp[j]));
+  const int j0 = (blockIdx.x * kPoolWarps + warp) * kPoolOutsPerWarp;
+  float acc[kPoolOutsPerWarp] = {};
+  for (int c = lane; c < hidden / 8; c += 32) {
+    float w[kPoolOutsPerWarp][8];
+#pragma unroll
+    for (int o = 0; o < kPoolOutsPerWarp; ++o)
+      if (j0 + o < hidden) load8(wp + static_cast<size_t>(j0 + o) * hidden + c * 8, w[o]);
+#pragma unroll
+    for (int o = 0; o < kPoolOutsPerWarp; ++o)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[o] += (j0 + o < hidden ? w[o][e] : 0.0f) * h[c * 8 + e];
   }
-  __syncthreads();
-  for (int j = warp; j < labels; j += warps) {
-    const float d = warp_dot(wc + static_cast<size_t>(j) * hidden, pooled, hidden, lane);
-    if (lane == 0) logits[static_cast<size_t>(b) * labels + j] = d + Elem<T>::to_float(bc[j]);
+#pragma unroll
+  for (int o = 0; o < kPoolOutsPerWarp; ++o) {
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) acc[o] += __shfl_xor_sync(0xffffffffu, acc[o], s);
+    if (lane == 0 && j0 + o < hidden)
+      pooled[static_cast<size_t>(b) * hidden + j0 + o] = tanhf(acc[o] + Elem<T>::to_float(bp[j0 + o]));
+  }
+}
+
+// logits[b, l] = wc[l] . pooled[b] + bc[l]: a block per sequence, a warp per label.
+template <typename T>
+__global__ void classifier_kernel(const float* __restrict__ pooled, int hidden, const T* __restrict__ wc,
+                                  const T* __restrict__ bc, int labels, float* __restrict__ logits) {
+  const int b = blockIdx.x, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const float* p = pooled + static_cast<size_t>(b) * hidden;
+  for (int l = threadIdx.x >> 5; l < labels; l += warps) {
+    float acc = 0.0f;
+    for (int c = lane; c < hidden / 8; c += 32) {
+      float w[8];
+      load8(wc + static_cast<size_t>(l) * hidden + c * 8, w);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc += w[e] * p[c * 8 + e];
+    }
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+    if (lane == 0) logits[static_cast<size_t>(b) * labels + l] = acc + Elem<T>::to_float(bc[l]);
   }
 }
 
@@ -241,10 +258,13 @@ void gelu_inplace(T* x, int64_t n, cudaStream_t stream) {
 
 template <typename T>
 void pooler_classifier(const T* x, const int32_t* cls_row, int batch, int hidden, const T* wp, const T* bp,
-                       const T* wc, const T* bc, int labels, float* logits, cudaStream_t stream) {
-  pooler_classifier_kernel<T><<<batch, 256, 2 * hidden * sizeof(float), stream>>>(x, cls_row, hidden, wp, bp, wc, bc,
-                                                                                  labels, logits);
-  check_launch("pooler_classifier");
+                       const T* wc, const T* bc, int labels, float* pooled, float* logits, cudaStream_t stream) {
+  const int per_block = kPoolWarps * kPoolOutsPerWarp;
+  pooler_kernel<T><<<dim3((hidden + per_block - 1) / per_block, batch), kPoolWarps * 32, hidden * sizeof(float),
+                     stream>>>(x, cls_row, hidden, wp, bp, pooled);
+  check_launch("pooler");
+  classifier_kernel<T><<<batch, 128, 0, stream>>>(pooled, hidden, wc, bc, labels, logits);
+  check_launch("classifier");
 }
 
 template <typename T>
@@ -260,7 +280,7 @@ void gather_rows_f32(const T* x, const int32_t* rows, int n, int hidden, float* 
   template void layernorm<T>(const T*, int, int, const T*, const T*, float, T*, cudaStream_t);                   \
   template void gelu_inplace<T>(T*, int64_t, cudaStream_t);                                                      \
   template void pooler_classifier<T>(const T*, const int32_t*, int, int, const T*, const T*, const T*, const T*, \
-                                     int, float*, cudaStream_t);                                                 \
+                                     int, float*, float*, cudaStream_t);                                         \
   template void gather_rows_f32<T>(const T*, const int32_t*, int, int, float*, cudaStream_t);
 ET_INSTANTIATE(__half)
 ET_INSTANTIATE(__nv_bfloat16)

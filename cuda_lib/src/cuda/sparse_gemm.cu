@@ -167,26 +167,26 @@ void launch(const DeviceSparseWeight& w, const DeviceTileGroups& g, const T* x, 
 
 }  // namespace
 
-// Larger blocks reuse each X slice across more tile rows (less L2 traffic per FLOP) but make fewer
-// blocks: take the largest configuration that still gives every SM a block.
+// Block shapes (rows of X x tile rows of W). Larger blocks re-read X less often but leave fewer,
+// fatter blocks whose pipeline stalls are harder to hide; the kernel is latency-bound when sparse
+// (NOTES.md), so the default takes 64 x 8 when that still gives every SM two blocks, else 64 x 4.
 template <typename T>
 void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, int num_sms, int rows_per_block, cudaStream_t stream) {
-  const long m_blocks = (m + 127) / 128;
-  if (rows_per_block == 0)
-    rows_per_block = m_blocks * w.g16.groups >= num_sms ? 16 : m_blocks * w.g8.groups >= num_sms ? 8 : 4;
-  if (rows_per_block == 16)
-    launch<T, 128, 2, 8>(w, w.g16, x, m, bias, residual, y, epi, stream);
-  else if (rows_per_block == 8)
-    launch<T, 128, 2, 4>(w, w.g8, x, m, bias, residual, y, epi, stream);
-  else
-    launch<T, 64, 2, 2>(w, w.g4, x, m, bias, residual, y, epi, stream);
+                 Epilogue epi, int num_sms, SparseShape shape, cudaStream_t stream) {
+  if (shape == SparseShape::kAuto)
+    shape = static_cast<long>((m + 63) / 64) * w.g8.groups >= 2L * num_sms ? SparseShape::k64x8 : SparseShape::k64x4;
+  switch (shape) {
+    case SparseShape::k128x16: launch<T, 128, 2, 8>(w, w.g16, x, m, bias, residual, y, epi, stream); break;
+    case SparseShape::k128x8: launch<T, 128, 2, 4>(w, w.g8, x, m, bias, residual, y, epi, stream); break;
+    case SparseShape::k64x8: launch<T, 64, 2, 4>(w, w.g8, x, m, bias, residual, y, epi, stream); break;
+    default: launch<T, 64, 2, 2>(w, w.g4, x, m, bias, residual, y, epi, stream); break;
+  }
 }
 
 template void sparse_gemm<__half>(const DeviceSparseWeight&, const __half*, int, const __half*, const __half*,
-                                  __half*, Epilogue, int, int, cudaStream_t);
+                                  __half*, Epilogue, int, SparseShape, cudaStream_t);
 template void sparse_gemm<__nv_bfloat16>(const DeviceSparseWeight&, const __nv_bfloat16*, int,
                                          const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, Epilogue,
-                                         int, int, cudaStream_t);
+                                         int, SparseShape, cudaStream_t);
 
 }  // namespace et::cuda
