@@ -4,6 +4,7 @@
 //
 // Tuning knobs read at load (documented in cuda_lib/NOTES.md, used by the GPU scripts to measure):
 //   ET_SPARSE_MAX_DENSITY  a weight is run tile-sparse when its 16x16 tile density is below this
+//   ET_SPARSE_MAX_ROWS     ... and the batch has at most this many token rows (larger: cuBLASLt)
 //   ET_ATTN_SHORT_MAX      longest batch sequence that uses the whole-sequence attention operator
 //   ET_POISON_WORKSPACE=1  fill the workspace with NaNs before each forward (tests catch unwritten data)
 //   ET_DENSE_TANH_GELU=1   dense FFN1 uses cuBLASLt's fused tanh-GELU epilogue instead of exact erf GELU
@@ -30,6 +31,7 @@ namespace {
 
 constexpr double kDefaultSparseMaxDensity = 0.55;  // see NOTES.md "density threshold"
 constexpr int kDefaultShortMax = 128;               // see NOTES.md "attention switch point"
+constexpr int64_t kDefaultSparseMaxRows = 1024;     // see NOTES.md "density threshold"
 constexpr size_t kMaxGraphs = 16;
 
 // An owned device allocation.
@@ -129,22 +131,21 @@ template <typename T>
 struct DeviceLinear {
   int n = 0, k = 0;
   bool sparse = false;
-  DeviceBuffer weight;  // dense [n, k] or the kept tiles
+  DeviceBuffer weight;  // dense [n, k]
+  DeviceBuffer tiles;   // the kept tiles, when sparse
   DeviceBuffer bias;
   DeviceGroups g4, g8, g16;
   DeviceSparseWeight sw;
 
   explicit DeviceLinear(const PreparedLinear& p) : n(p.n), k(p.k), sparse(p.sparse) {
     bias = upload_as<T>(p.bias);
-    if (!sparse) {
-      weight = upload_as<T>(p.dense);
-      return;
-    }
-    weight = upload_as<T>(p.tiles);
+    weight = upload_as<T>(p.dense);
+    if (!sparse) return;
+    tiles = upload_as<T>(p.tiles);
     g4 = upload_groups(p.groups4);
     g8 = upload_groups(p.groups8);
     g16 = upload_groups(p.groups16);
-    sw = DeviceSparseWeight{n, k, weight.as<void>(), g4.view(p.groups4), g8.view(p.groups8), g16.view(p.groups16)};
+    sw = DeviceSparseWeight{n, k, tiles.as<void>(), g4.view(p.groups4), g8.view(p.groups8), g16.view(p.groups16)};
   }
 };
 
@@ -205,6 +206,7 @@ class CudaEngine final : public Backend {
     if (shape < 0 || shape > static_cast<int>(SparseShape::k64x4))
       throw Error(ET_ERR_INVALID_ARGUMENT, "ET_SPARSE_SHAPE must be 0 (auto), 1, 2, 3 or 4");
     sparse_shape_ = static_cast<SparseShape>(shape);
+    sparse_max_rows_ = static_cast<int64_t>(env_number("ET_SPARSE_MAX_ROWS", kDefaultSparseMaxRows));
     const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
     const bool tanh_gelu = env_number("ET_DENSE_TANH_GELU", 0) != 0;
 
@@ -359,7 +361,7 @@ class CudaEngine final : public Backend {
   }
 
   void linear(const DeviceLinear<T>& l, const T* x, int m, const T* residual, T* y, Epilogue epi) {
-    if (l.sparse)
+    if (l.sparse && m <= sparse_max_rows_)
       sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, num_sms_, sparse_shape_, stream_);
     else
       gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi, stream_);
@@ -444,6 +446,7 @@ class CudaEngine final : public Backend {
   int short_max_ = kDefaultShortMax;
   bool poison_ = false;
   SparseShape sparse_shape_ = SparseShape::kAuto;
+  int64_t sparse_max_rows_ = kDefaultSparseMaxRows;
   PreparedModel prepared_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DenseGemm> gemm_;

@@ -91,10 +91,9 @@ PreparedLinear prepare_linear(std::vector<float> w, std::vector<float> bias, int
       if (nz) row_tiles[tr].emplace_back(tc, static_cast<int>(p.kept_tiles++));
     }
   p.sparse = p.density() < max_sparse_density;
-  if (!p.sparse) {
-    p.dense = std::move(w);
-    return p;
-  }
+  p.dense = std::move(w);  // also kept for sparse weights: large batches may run faster through cuBLASLt
+  if (!p.sparse) return p;
+  const std::vector<float>& w_ref = p.dense;
   // Kept tiles in mma B-fragment order: lane (g = lane/4, t = lane%4) holds, for output rows g and
   // g+8 of the tile, input columns 2t, 2t+1, 2t+8, 2t+9: one 16-byte load per lane per tile.
   p.tiles.resize(static_cast<size_t>(p.kept_tiles) * 256);
@@ -108,7 +107,7 @@ PreparedLinear prepare_linear(std::vector<float> w, std::vector<float> bias, int
         for (int ri = 0; ri < 2; ++ri)
           for (int ci = 0; ci < 4; ++ci)
             dst[lane * 8 + ri * 4 + ci] =
-                w[static_cast<size_t>(tr * kTile + rows[ri]) * k + tc * kTile + cols[ci]];
+                w_ref[static_cast<size_t>(tr * kTile + rows[ri]) * k + tc * kTile + cols[ci]];
       }
     }
   p.groups4 = make_groups(row_tiles, 4);

@@ -35,7 +35,7 @@ struct PreparedLinear {
   int64_t kept_tiles = 0;      // 16x16 tiles holding any nonzero weight
   int64_t total_tiles = 0;
   bool sparse = false;
-  std::vector<float> dense;    // [n * k] row-major, when !sparse
+  std::vector<float> dense;    // [n * k] row-major (sparse weights too: cuBLASLt serves large batches)
   std::vector<float> tiles;    // [kept_tiles][32 lanes][8], mma B-fragment order, when sparse
   TileGroups groups4, groups8, groups16;  // when sparse: R = 4, 8, 16 tile rows per block
 
