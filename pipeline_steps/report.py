@@ -20,7 +20,9 @@ from .stage import base_parser, read_json, setup_runtime, write_json, write_text
 
 SWEEP_DIR = re.compile(r"^s(\d+(?:\.\d+)?)$")
 PLOT_FILE = "accuracy_vs_sparsity.png"
-# key metrics shown first in report.md, per stage (other numeric metrics follow)
+# order of the stage tables in report.md (stages not listed follow, by name)
+STAGE_ORDER = ("data", "finetune", "prune", "retrain", "build_lib", "export_npy", "infer", "bench")
+# key metrics shown first in report.md, per stage (other metrics follow)
 HEADLINE = {
     "data": ("bow_baseline_accuracy", "n_train", "n_dev"),
     "finetune": ("accuracy", "f1", "glue_metric", "train_seconds"),
@@ -91,23 +93,25 @@ def _ordered_keys(stage: str, rows: list[dict]) -> list[str]:
     return head + sorted(present - set(head) - {"sparsity"})
 
 
+def _stage_rank(stage: str) -> tuple[int, str]:
+    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
+
+
 def render_markdown(summary: dict, plot: str | None) -> str:
     """A short report: one table per stage (sweep stages: one row per sparsity), the plot, MLflow ids."""
     lines = [f"# et-pipeline report: {summary['run_name']}", ""]
     sweep = summary.get("sweep", {})
-    sweep_stages = list(dict.fromkeys(s for branch in sweep.values() for s in branch))
-    for stage, metrics in summary.items():
-        if stage in ("run_name", "sweep", "mlflow") or stage in sweep_stages or not isinstance(metrics, dict):
-            continue
-        lines += [f"## {stage}", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(metrics[k])} |" for k in _ordered_keys(stage, [metrics])]
-        lines.append("")
-    for stage in sweep_stages:
-        rows = [(key, branch[stage]) for key, branch in sweep.items() if stage in branch]
-        keys = _ordered_keys(stage, [r for _, r in rows])
-        lines += [f"## {stage} (per sparsity)", "", "| sparsity | " + " | ".join(keys) + " |",
-                  "|---" * (len(keys) + 1) + "|"]
-        lines += ["| " + " | ".join([key] + [_fmt(r.get(k, "")) for k in keys]) + " |" for key, r in rows]
+    sweep_stages = {s for branch in sweep.values() for s in branch}
+    for stage in sorted(set(summary) - {"run_name", "sweep", "mlflow"} | sweep_stages, key=_stage_rank):
+        if stage in sweep_stages:
+            rows = [(key, branch[stage]) for key, branch in sweep.items() if stage in branch]
+            keys = _ordered_keys(stage, [r for _, r in rows])
+            lines += [f"## {stage} (per sparsity)", "", "| sparsity | " + " | ".join(keys) + " |",
+                      "|---" * (len(keys) + 1) + "|"]
+            lines += ["| " + " | ".join([key] + [_fmt(r.get(k, "")) for k in keys]) + " |" for key, r in rows]
+        elif isinstance(summary[stage], dict):
+            lines += [f"## {stage}", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(summary[stage][k])} |" for k in _ordered_keys(stage, [summary[stage]])]
         lines.append("")
     if plot:
         lines += ["## Accuracy vs sparsity", "", f"![accuracy vs sparsity]({plot})", ""]
