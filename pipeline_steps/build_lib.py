@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy2(result["exe"], tmp / "et_infer")
             (tmp / "build.log").write_text(result["log"])
             metrics = {"backend": result["backend"], "cxx_compiler": result["cxx_compiler"],
-                       "cuda_compiler": result["cuda_compiler"], "et_cuda": cuda, "build_type": build_type,
+                       "cuda_compiler": result["cuda_compiler"] if result["backend"] == "cuda" else "not used",
+                       "nvcc_found": result["cuda_compiler"], "et_cuda": cuda, "build_type": build_type,
                        "configure_s": round(result["configure_s"], 3), "build_s": round(result["build_s"], 3),
                        "cuda_built": 1.0 if result["backend"] == "cuda" else 0.0}
             stage.write_json(tmp / stage.METRICS_FILE, metrics)
