@@ -124,8 +124,8 @@ for s in "$@"; do
     ncu) step ncu 300 profile ;;
     bench)
       mkdir -p /tmp/et-bench-md
-      step bench 580 python3 -m pipeline_steps.bench --standalone --lib "$LIB" --out-dir /tmp/et-bench \
-        --benchmarks-md /tmp/et-bench-md/BENCHMARKS.md
+      step bench "${BENCH_LIMIT:-580}" python3 -m pipeline_steps.bench --standalone --lib "$LIB" --out-dir /tmp/et-bench \
+        --benchmarks-md /tmp/et-bench-md/BENCHMARKS.md ${BENCH_ARGS:-}
       cp -r /tmp/et-bench/. /tmp/et-bench-md/ 2>/dev/null
       tar -C /tmp/et-bench-md -czf "$OUT/bench.tgz" . ;;
     benchsmoke)  # the bench stage's GPU path on a tiny grid
