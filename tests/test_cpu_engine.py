@@ -173,3 +173,30 @@ def hypothesis_manifest(tmp_path_factory):
     masks = random_masks(model, seed=12, density=0.5)
     apply_masks(model, masks)
     return export(model, tmp_path_factory.mktemp("hyp") / "npy", masks)
+
+
+def test_concurrent_calls_on_one_model(libet, hypothesis_manifest):
+    """Calls from several Python threads (cffi releases the GIL) give the sequential results; each
+    thread sees its own error message."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline_steps.engine import EngineError
+
+    rng = np.random.default_rng(13)
+    batches = [ragged_batch(rng, list(rng.integers(1, 41, size=4)), 97) for _ in range(8)]
+    with Engine(libet.lib, hypothesis_manifest) as engine:
+        expected = [engine.forward(t, ln, s) for t, s, ln in batches]
+
+        def work(i: int):
+            if i % 3 == 0:
+                bad = batches[i][0].copy()
+                bad[0] = 97
+                with pytest.raises(EngineError, match=r"token_ids\[0\] = 97"):
+                    engine.forward(bad, batches[i][2])
+            t, s, ln = batches[i]
+            return engine.forward(t, ln, s)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(work, range(len(batches))))
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
