@@ -1,6 +1,7 @@
 """Stage ``build_lib``: CMake build of ``cuda_lib/`` (libet.so + et_infer), the CUDA backend when allowed.
 
-``lib.cuda`` maps to ``-DET_CUDA`` (auto: CUDA only when nvcc is found and a GPU is visible). The
+``lib.cuda`` maps to ``-DET_CUDA`` (auto: CUDA only when nvcc, cuBLASLt and a GPU are found; cuBLASLt
+comes from the toolkit or, when it has none, from an installed nvidia-cublas wheel). The
 build folder is ``cuda_lib/build-<build_type>-<cuda>`` inside the project, kept between runs so
 rebuilds are incremental; the stage copies ``libet.so`` and ``et_infer`` into its output folder.
 """
@@ -35,6 +36,29 @@ def cuda_mode(value: object) -> str:
     return mode
 
 
+def toolkit_has_cublaslt(nvcc: str | None = None) -> bool:
+    """True when the CUDA toolkit next to ``nvcc`` ships cuBLASLt's header."""
+    nvcc = nvcc or shutil.which("nvcc")
+    if not nvcc:
+        return False
+    root = Path(nvcc).resolve().parent.parent
+    return any((root / sub / "cublasLt.h").is_file() for sub in ("include", "targets/x86_64-linux/include"))
+
+
+def find_cublas_root(search_dirs: list[Path] | None = None) -> Path | None:
+    """A folder with ``include/cublasLt.h`` and ``lib/libcublasLt.so*`` from an installed nvidia-cublas wheel
+    (PyTorch's CUDA builds depend on it), for a CUDA toolkit without cuBLAS; None when there is none."""
+    import site
+
+    dirs = search_dirs if search_dirs is not None else [Path(d) for d in {*site.getsitepackages(), *sys.path} if d]
+    for d in dirs:
+        for header in sorted((Path(d) / "nvidia").glob("**/include/cublasLt.h")):
+            root = header.parent.parent
+            if any(root.glob("lib*/libcublasLt.so*")):
+                return root
+    return None
+
+
 def _run(cmd: list[str], log: list[str]) -> None:
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log.append(f"$ {' '.join(cmd)}\n{proc.stdout}")
@@ -59,8 +83,14 @@ def cmake_build(build_dir: Path, cuda: str = "AUTO", build_type: str = "Release"
     cmake = shutil.which("cmake") or str(Path(sys.executable).parent / "cmake")
     log: list[str] = []
     t0 = time.monotonic()
+    extra = []
+    if cuda != "OFF" and not toolkit_has_cublaslt():
+        cublas = find_cublas_root()
+        if cublas is not None:
+            extra.append(f"-DET_CUBLAS_ROOT={cublas}")
+            log.append(f"cuBLASLt from {cublas} (the CUDA toolkit has none)")
     _run([cmake, "-S", str(source_dir), "-B", str(build_dir), f"-DCMAKE_BUILD_TYPE={build_type}",
-          f"-DET_CUDA={cuda}"], log)
+          f"-DET_CUDA={cuda}", *extra], log)
     t1 = time.monotonic()
     _run([cmake, "--build", str(build_dir), "-j", str(max(jobs, 1))], log)
     t2 = time.monotonic()

@@ -53,3 +53,16 @@ def test_cuda_on_without_nvcc_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDACXX", raising=False)
     with pytest.raises(build_lib.BuildError, match="ET_CUDA=ON but no CUDA compiler"):
         build_lib.cmake_build(tmp_path / "b", cuda="ON")
+
+
+def test_find_cublas_root_in_a_wheel_layout(tmp_path):
+    site = tmp_path / "site-packages"
+    root = site / "nvidia" / "cublas"
+    (root / "include").mkdir(parents=True)
+    (root / "lib").mkdir()
+    assert build_lib.find_cublas_root([site]) is None
+    (root / "include" / "cublasLt.h").write_text("")
+    assert build_lib.find_cublas_root([site]) is None  # a header without the library is not enough
+    (root / "lib" / "libcublasLt.so.12").write_text("")
+    assert build_lib.find_cublas_root([site]) == root
+    assert build_lib.find_cublas_root([tmp_path / "elsewhere"]) is None
