@@ -27,8 +27,12 @@ R = f"results/{RUN}"
 LOGS = f"logs/{RUN}"
 BENCH = f"benchmarks/{RUN}"
 SPARSITIES = [f"{s:g}" for s in config["prune"]["sweep"]]
-# The stage command: the interpreter running Snakemake, with this repository importable.
-PY = f"PYTHONPATH={shlex.quote(workflow.basedir)} {shlex.quote(sys.executable)} -m pipeline_steps"
+# The stage command: the interpreter running Snakemake, with this repository importable. OpenMP threads
+# sleep instead of spinning while they wait: with --cores above the machine's core count (or other
+# load) spinning threads of concurrent stages starve each other (measured: a smoke finetune epoch took
+# 40-87 s spinning vs 14-20 s sleeping on 2 loaded cores).
+PY = (f"OMP_WAIT_POLICY=PASSIVE PYTHONPATH={shlex.quote(workflow.basedir)} {shlex.quote(sys.executable)}"
+      " -m pipeline_steps")
 # Stage name -> metrics file(s) that the report rule collects; each rule file adds its own.
 REPORT_INPUTS = {}
 
