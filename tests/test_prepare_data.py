@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -125,8 +126,11 @@ def test_hub_probe_reports_unreachable_quickly():
 
 
 def test_hub_source_offline_fails_fast_naming_alternatives(tmp_path, mlflow_uri):
-    """Without a reachable hub (a blackholed endpoint here) the stage fails in seconds, naming local and synthetic."""
-    env = {**os.environ, "HF_ENDPOINT": "http://10.255.255.1", "HF_HOME": str(tmp_path / "hf"),
+    """Without a reachable hub (a closed local port here) the stage fails in seconds, naming local and synthetic."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf"),
            "PYTHONPATH": str(ROOT)}
     env.pop("HF_HUB_OFFLINE", None)
     env.pop("HF_DATASETS_OFFLINE", None)
@@ -139,7 +143,7 @@ def test_hub_source_offline_fails_fast_naming_alternatives(tmp_path, mlflow_uri)
     assert proc.returncode == 1, proc.stderr
     assert "source: local" in proc.stderr and "source: synthetic" in proc.stderr
     assert "nyu-mll/glue/cola" in proc.stderr
-    assert elapsed < 30, elapsed  # 5 s probe + interpreter and library start-up
+    assert elapsed < 30, elapsed  # the probe (at most 5 s) + interpreter and library start-up
     assert not (tmp_path / "run" / "data").exists()
 
 
