@@ -1,5 +1,4 @@
 # infer: the dev split through libet (cffi) and et_infer, checked against the PyTorch model.
-# Passive OpenMP waits: spinning threads stall the library when stages share the cores.
 rule infer:
     input:
         lib=rules.build_lib.output.lib,
@@ -19,7 +18,7 @@ rule infer:
         f"{BENCH}/infer_s{{sparsity}}.tsv"
     threads: 2
     shell:
-        "OMP_WAIT_POLICY=PASSIVE {PY}.infer --run-dir {R} --params {params.cfg:q} --threads {threads} --sparsity {wildcards.sparsity}"
+        "{PY}.infer --run-dir {R} --params {params.cfg:q} --threads {threads} --sparsity {wildcards.sparsity}"
         " --lib {input.lib} --exe {input.exe} --manifest {input.manifest} --model-dir {input.model}"
         " --data-dir {R}/data --out-dir {R}/infer/s{wildcards.sparsity} 2>&1 | tee {log}"
 
