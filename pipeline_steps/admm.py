@@ -21,8 +21,9 @@ import torch
 
 from .tile_pruning import PrunableWeight, expand_tiles, fraction_below, remove_lowest, tile_energy
 
-# maps {weight name: array} to {name: boolean element mask} (the projection's support; absent: all kept)
-Support = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+# ({weight name: array}, optimizer step) -> {name: boolean element mask}: the projection's support at that
+# step (absent names: all kept); the step lets the sparse set tighten over training
+Support = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]
 
 
 def project_tile_sparse(x: torch.Tensor, tile: tuple[int, int], n_remove: int, seed: int = 0) -> torch.Tensor:
@@ -52,12 +53,12 @@ class ADMM:
         self.update_every = update_every
         self.below_ratio = below_ratio
         self.U = {n: torch.zeros_like(p, requires_grad=False) for n, p in self.params.items()}
-        self.Z = self.project({n: p.detach() for n, p in self.params.items()})
+        self.Z = self.project({n: p.detach() for n, p in self.params.items()}, 0)
 
     @torch.no_grad()
-    def project(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``proj_S(values)``: the values restricted to the support the plan selects for them."""
-        masks = self.support({n: v.float().cpu().numpy() for n, v in values.items()})
+    def project(self, values: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """``proj_S(values)``: the values restricted to the support the plan selects for them at ``step``."""
+        masks = self.support({n: v.float().cpu().numpy() for n, v in values.items()}, step)
         return {n: v * torch.from_numpy(masks[n]).to(device=v.device, dtype=v.dtype) if n in masks else v.clone()
                 for n, v in values.items()}
 
@@ -74,9 +75,9 @@ class ADMM:
             p.sub_(self.rho * (p.detach() - self.Z[n] + self.U[n]))
 
     @torch.no_grad()
-    def update(self) -> dict[str, float]:
+    def update(self, step: int) -> dict[str, float]:
         """``Z = proj(W + U)``, ``U += W - Z``, ``rho *= rho_growth``; returns the residuals."""
-        self.Z = self.project({n: p.detach() + self.U[n] for n, p in self.params.items()})
+        self.Z = self.project({n: p.detach() + self.U[n] for n, p in self.params.items()}, step)
         primal_sq, norm_sq = 0.0, 0.0
         for n, p in self.params.items():
             r = p.detach() - self.Z[n]
@@ -89,7 +90,7 @@ class ADMM:
     def after_step(self, step: int) -> dict[str, float]:
         """The ``train`` hook: the W pull, the Z/U/rho update every ``update_every`` steps, metrics to log."""
         self.pull()
-        logs = self.update() if step % self.update_every == 0 else {}
+        logs = self.update(step) if step % self.update_every == 0 else {}
         logs["prune.penalty"] = self.penalty()
         logs["prune.rho"] = self.rho
         logs["prune.frac_tiles_below_threshold"] = fraction_below(self.params, self.tile, self.below_ratio)

@@ -33,6 +33,21 @@ class SparsityPlan:
     head_scores: np.ndarray | None = None  # [layers, heads], higher = more important; None: tiles only
     structured_share: float = 0.5
 
+    def scaled(self, target: float) -> "SparsityPlan":
+        """The same plan toward a lower overall ``target`` (every pool ratio scaled alike)."""
+        if not 0.0 <= target <= self.target:
+            raise ValueError(f"scaled plan target {target} must be in [0, {self.target}]")
+        factor = target / self.target if self.target > 0 else 0.0
+        pools = {k: min(1.0, v * factor) for k, v in self.pool_sparsity.items()}
+        return SparsityPlan(target, pools, self.tile, self.seed, self.head_scores, self.structured_share)
+
+
+def cubic_ramp(final: float, step: int, ramp_steps: int) -> float:
+    """Gradual-pruning schedule: ``final * (1 - (1 - step / ramp_steps) ** 3)``, ``final`` from ``ramp_steps`` on."""
+    if ramp_steps <= 0 or step >= ramp_steps:
+        return final
+    return final * (1.0 - (1.0 - max(step, 0) / ramp_steps) ** 3)
+
 
 def pool_sizes(weights: list[PrunableWeight], tile: tuple[int, int]) -> dict[tuple[int, str], int]:
     """Tile count of every (layer, kind) pool."""

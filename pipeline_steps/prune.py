@@ -5,7 +5,8 @@
    ``uniform``: one ratio, heads ranked by weight energy), scaled by ``prune.kinds``, averaging to the
    sweep sparsity over all encoder linear weights.
 2. Training toward the sparse set: re-weighted group lasso over tiles and heads (``reweighted``) or
-   ADMM with Z projected onto the plan's tile-sparse set (``admm``); per-step loss, penalty and the
+   ADMM with Z projected onto the plan's tile-sparse set (``admm``); the set tightens along a cubic
+   ramp over the first ``prune.ramp`` of the steps (gradual pruning); per-step loss, penalty and the
    fraction of tiles below threshold go to MLflow.
 3. Hard pruning to the plan (heads, Q/K and V/O dimension blocks, then tiles) and dev evaluation.
 
@@ -22,7 +23,7 @@ import numpy as np
 from . import modeling
 from .admm import ADMM
 from .head_pruning import attention_layers, head_weight_scores
-from .mask_selection import SparsityPlan, select_masks
+from .mask_selection import SparsityPlan, cubic_ramp, select_masks
 from .masking import apply_masks, element_masks, element_masks_np, mask_violations, weight_arrays
 from .reweighted import ReweightedGroupLasso
 from .sensitivity import MAX_POOL_SPARSITY, allocate, head_importance, layer_sensitivity, layer_weights, \
@@ -33,7 +34,7 @@ from .sweep_stage import add_sweep_args, branch_name, evaluate, load_data, run_m
 from .tile_pruning import check_tile, model_prunable_weights
 from .tiles import ModelMasks
 
-PRUNE_KEYS = ("algorithm", "tile", "kinds", "head_pruning", "policy", "structured_share", "epochs", "batch_size",
+PRUNE_KEYS = ("algorithm", "tile", "kinds", "head_pruning", "policy", "structured_share", "ramp", "epochs", "batch_size",
               "learning_rate", "max_train_examples", "below_threshold", "sensitivity", "reweighted", "admm", "device")
 
 
@@ -87,9 +88,11 @@ def train_toward_sparsity(model, weights, plan: SparsityPlan, data, cfg: dict, s
     common = dict(epochs=cfg["epochs"], learning_rate=cfg["learning_rate"], weight_decay=0.0, warmup_ratio=0.0,
                   device=device, run=run, desc=f"prune[{cfg['algorithm']}]")
     model.to(device)
+    ramp_steps = int(round(float(cfg["ramp"]) * cfg["epochs"] * len(loader)))
 
-    def select(arrays: dict[str, np.ndarray]) -> ModelMasks:
-        return select_masks(arrays, weights, num_heads, plan)
+    def select(arrays: dict[str, np.ndarray], step: int) -> ModelMasks:
+        """The plan toward the cubic-ramp target of ``step``: the sparse set tightens gradually."""
+        return select_masks(arrays, weights, num_heads, plan.scaled(cubic_ramp(plan.target, step, ramp_steps)))
 
     if cfg["algorithm"] == "reweighted":
         rw = cfg["reweighted"]
@@ -101,8 +104,8 @@ def train_toward_sparsity(model, weights, plan: SparsityPlan, data, cfg: dict, s
     if cfg["algorithm"] == "admm":
         ad = cfg["admm"]
 
-        def support(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return element_masks_np(weights, num_heads, select(arrays))
+        def support(arrays: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
+            return element_masks_np(weights, num_heads, select(arrays, step))
 
         algo = ADMM(model, weights, support, plan.tile, rho=ad["rho"], rho_growth=ad["rho_growth"],
                     update_every=ad["update_every"], below_ratio=cfg["below_threshold"])

@@ -29,8 +29,8 @@ from .tile_pruning import PrunableWeight, expand_tiles, fraction_below, tile_ene
 from .tiles import ModelMasks
 
 _TINY = 1e-12
-# the plan's selection applied to current weights: {name: array} -> masks it would keep
-Selector = Callable[[dict[str, np.ndarray]], ModelMasks]
+# the plan's selection applied to current weights at an optimizer step: ({name: array}, step) -> masks kept
+Selector = Callable[[dict[str, np.ndarray], int], ModelMasks]
 
 
 class ReweightedGroupLasso:
@@ -56,7 +56,7 @@ class ReweightedGroupLasso:
                                for att in self.heads}
         self.alpha_tiles: dict[str, torch.Tensor] = {}
         self.alpha_heads: dict[int, torch.Tensor] = {}
-        self.update_weights()
+        self.update_weights(0)
 
     def _head_parts(self, att: AttentionLayer) -> list[tuple[torch.Tensor, int]]:
         return [(self.params[att.query.name], 0), (self.params[att.key.name], 0),
@@ -82,11 +82,11 @@ class ReweightedGroupLasso:
         return self._head_norms(att) / self.head_scale[att.layer]
 
     @torch.no_grad()
-    def update_weights(self) -> None:
-        """Re-estimate ``alpha_g``: ``1 / (nu_g + eps)`` where the plan removes the group now, else 0."""
+    def update_weights(self, step: int = 0) -> None:
+        """Re-estimate ``alpha_g``: ``1 / (nu_g + eps)`` where the plan removes the group at ``step``, else 0."""
         masks = None
         if self.select is not None:
-            masks = self.select({n: p.detach().float().cpu().numpy() for n, p in self.params.items()})
+            masks = self.select({n: p.detach().float().cpu().numpy() for n, p in self.params.items()}, step)
         self.alpha_tiles = {}
         for name, nu in self.tile_norms().items():
             alpha = 1.0 / (nu + self.eps)
@@ -129,7 +129,7 @@ class ReweightedGroupLasso:
         self.prox_step()
         logs = {}
         if step % self.update_every == 0:
-            self.update_weights()
+            self.update_weights(step)
             logs["prune.reweight_update"] = float(step)
         logs["prune.penalty"] = self.penalty()
         logs["prune.frac_tiles_below_threshold"] = fraction_below(self.params, self.tile, self.below_ratio)

@@ -79,7 +79,7 @@ def stage_params(algorithm: str = "reweighted", policy: str = "sensitivity", hea
         "model": {"name_or_path": "unused", "max_seq_length": 32},
         "prune": {"sweep": [0.5], "algorithm": algorithm, "tile": [16, 16],
                   "kinds": {"qkv": 1.0, "attn_output": 1.0, "ffn": 1.0}, "head_pruning": head_pruning,
-                  "structured_share": 0.5, "policy": policy, "sensitivity": {"examples": 8, "power": 0.5, "spread": 0.3},
+                  "structured_share": 0.5, "ramp": 0.75, "policy": policy, "sensitivity": {"examples": 8, "power": 0.5, "spread": 0.3},
                   "epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "max_train_examples": 32,
                   "below_threshold": 0.1, "device": "cpu",
                   "reweighted": {"penalty": 1.0, "update_every": 2, "eps": 1e-3},

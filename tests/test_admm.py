@@ -39,7 +39,7 @@ def _admm(model, rho=0.1, growth=2.0, every=2):
     weights = model_prunable_weights(model)
     plan = SparsityPlan(0.5, allocate(weights, 0.5, {"qkv": 1, "attn_output": 1, "ffn": 1}), (16, 16), 0)
 
-    def support(arrays):
+    def support(arrays, step):
         return element_masks_np(weights, 4, select_masks(arrays, weights, 4, plan))
 
     return ADMM(model, weights, support, (16, 16), rho=rho, rho_growth=growth, update_every=every), weights, support
@@ -49,7 +49,7 @@ def test_z_starts_as_the_projection_and_the_pull_is_a_unit_gradient_step():
     model = tiny_bert()
     admm, weights, support = _admm(model)
     params = dict(model.named_parameters())
-    masks = support({w.name: params[w.name].detach().numpy() for w in weights})
+    masks = support({w.name: params[w.name].detach().numpy() for w in weights}, 0)
     for w in weights:
         z = admm.Z[w.name]
         mask = torch.from_numpy(masks[w.name])
@@ -91,8 +91,8 @@ def test_update_projects_w_plus_u_accumulates_the_dual_and_grows_rho():
             admm.U[w.name].normal_(0.0, 0.01)
     u_old = {n: u.clone() for n, u in admm.U.items()}
     w_plus_u = {n: params[n].detach() + u_old[n] for n in u_old}
-    expected_z = admm.project(w_plus_u)
-    logs = admm.update()
+    expected_z = admm.project(w_plus_u, 2)
+    logs = admm.update(2)
     assert admm.rho == pytest.approx(0.2) and logs["prune.admm_primal_residual"] > 0
     for n in u_old:
         assert torch.equal(admm.Z[n], expected_z[n])
@@ -105,7 +105,7 @@ def test_admm_training_pulls_w_toward_the_sparse_set():
     params = dict(model.named_parameters())
 
     def distance() -> float:
-        z = admm.project({w.name: params[w.name].detach() for w in weights})
+        z = admm.project({w.name: params[w.name].detach() for w in weights}, 0)
         return sum(float((params[n].detach() - z[n]).pow(2).sum()) for n in z) ** 0.5
 
     before = distance()

@@ -37,8 +37,8 @@ def test_prune_writes_an_exactly_masked_model(tmp_path, mlflow_uri, algorithm, p
     model = modeling.load_classifier(out / "model")
     assert mask_violations(model, element_masks(model, masks)) == {}
     from_model = layouts_from_model(model, (16, 16))
-    for name, lay in masks.layouts.items():  # every kept tile is really there, every removed tile is zero
-        assert np.array_equal(from_model[name].kept, lay.kept), name
+    for name, lay in masks.layouts.items():  # every non-zero tile is a kept tile (a kept one may be all zero)
+        assert np.isin(from_model[name].kept, lay.kept).all(), name
     mlc = tracking.client(mlflow_uri)
     runs = mlc.search_runs([e.experiment_id for e in mlc.search_experiments()],
                            filter_string="tags.mlflow.runName = 'prune[s0.5]'")

@@ -78,7 +78,7 @@ def test_only_groups_the_plan_removes_are_penalised():
                         np.array([[3.0, 0.1, 2.0, 1.0], [0.2, 5.0, 4.0, 3.0]]), 0.5)
     chosen = []
 
-    def select(arrays):
+    def select(arrays, step):
         chosen.append(select_masks(arrays, weights, 4, plan))
         return chosen[-1]
 

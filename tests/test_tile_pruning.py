@@ -136,3 +136,19 @@ def test_equal_tiles_are_broken_differently_by_different_seeds():
     a = select_masks(arrays, weights, 4, plan)
     b = select_masks(arrays, weights, 4, plan2)
     assert any(not np.array_equal(a.layouts[n].kept, b.layouts[n].kept) for n in a.layouts)
+
+
+def test_cubic_ramp_and_scaled_plans():
+    from pipeline_steps.mask_selection import cubic_ramp
+
+    assert cubic_ramp(0.8, 0, 100) == 0.0 and cubic_ramp(0.8, 100, 100) == 0.8 and cubic_ramp(0.8, 500, 100) == 0.8
+    assert 0.0 < cubic_ramp(0.8, 30, 100) < cubic_ramp(0.8, 60, 100) < 0.8
+    assert cubic_ramp(0.5, 3, 0) == 0.5
+    model = tiny_bert()
+    weights, arrays, plan = _plan(model, 0.8)
+    half = plan.scaled(0.4)
+    assert half.target == 0.4 and all(half.pool_sparsity[k] == pytest.approx(v / 2) for k, v in plan.pool_sparsity.items())
+    masks = select_masks(arrays, weights, 4, half)
+    assert abs(masks_tile_sparsity(masks) - 0.4) <= 1.0 / sum(pool_sizes(weights, (16, 16)).values())
+    with pytest.raises(ValueError, match="scaled plan"):
+        plan.scaled(0.9)
