@@ -87,9 +87,11 @@ def _children(mlc, info: dict, prefix: str) -> list:
 
 
 def test_four_branch_sweep_logs_every_metric(workdir: Path) -> None:
-    """``--cores 4`` with one thread per prune job: the four branches overlap in time, every run is
-    FINISHED, each run's per-step loss history has exactly ``train_steps`` points and its final
-    metrics equal its metrics.json; no log mentions a locked database."""
+    """``--cores 4`` with one thread per prune job: Snakemake starts the four branches together and
+    their MLflow runs overlap (all four did in every run so far; at least two are required, since a
+    loaded machine may delay one process's imports), every run is FINISHED, each run's per-step loss
+    history has exactly ``train_steps`` points and its final metrics equal its metrics.json; no log
+    mentions a locked database."""
     proc = snakemake(workdir, "--cores", "4", "--set-threads", "prune=1", "--until", "prune")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -98,8 +100,9 @@ def test_four_branch_sweep_logs_every_metric(workdir: Path) -> None:
     mlc, info = _client_and_parent(workdir)
     runs = {r.data.tags["mlflow.runName"]: r for r in _children(mlc, info, "prune[")}
     assert sorted(runs) == sorted(f"prune[{b}]" for b in BRANCHES)
-    assert max(r.info.start_time for r in runs.values()) < min(r.info.end_time for r in runs.values()), \
-        "the four prune branches did not run at the same time"
+    first_done = out.index("(Rule: prune)")
+    assert out[:first_done].count("rule prune:") == len(BRANCHES), "Snakemake did not start the 4 branches together"
+    assert _max_overlap([(r.info.start_time, r.info.end_time) for r in runs.values()]) >= 2
     for branch in BRANCHES:
         run = runs[f"prune[{branch}]"]
         assert run.info.status == "FINISHED"
@@ -109,6 +112,16 @@ def test_four_branch_sweep_logs_every_metric(workdir: Path) -> None:
         assert sorted(h.step for h in history) == sorted(set(h.step for h in history))
         for key in ("tile_sparsity", "weight_sparsity", "accuracy_before_retrain"):
             assert run.data.metrics[key] == pytest.approx(metrics[key])
+
+
+def _max_overlap(intervals: list[tuple[int, int]]) -> int:
+    """The largest number of intervals open at one instant."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    best = open_now = 0
+    for _, delta in events:
+        open_now += delta
+        best = max(best, open_now)
+    return best
 
 
 def _mtimes(workdir: Path, *stages: str) -> dict[str, int]:
