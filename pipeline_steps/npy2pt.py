@@ -38,7 +38,11 @@ class Export:
 def _plain_file(folder: Path, name: str, where: str) -> Path:
     if not name or name.startswith(".") or "/" in name or "\\" in name:
         raise ManifestError(f"{where}: file name {name!r} is not a plain file name inside the manifest's folder")
-    return folder / name
+    path = folder / name
+    real, root = path.resolve(), folder.resolve()
+    if path.exists() and root not in real.parents:
+        raise ManifestError(f"{where}: {path} resolves to {real}, outside the folder {root}")
+    return path
 
 
 def _load(path: Path, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:

@@ -256,3 +256,14 @@ def test_infer_stage_on_corrupted_export_writes_nothing(tmp_path: Path, libet, m
     mlc = tracking.client(mlflow_uri)
     (run,) = mlc.search_runs([e.experiment_id for e in mlc.search_experiments()], "tags.stage = 'infer'")
     assert run.info.status == "FAILED" and "truncated .npy file" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize("case", ["path_parent", "path_absolute", "symlink_outside"])
+def test_npy2pt_reads_only_the_manifest_folder(case: str, tmp_path: Path, tiny_export) -> None:
+    """The Python reader of exports (npy2pt) refuses the same escapes as libet, naming the file."""
+    from pipeline_steps import npy2pt
+
+    manifest = copy_export(tiny_export, tmp_path / "w")
+    CASES[case][0](manifest.parent)
+    with pytest.raises(npy2pt.ManifestError, match="is not a plain file name|outside the folder"):
+        npy2pt.read_export(manifest)
