@@ -136,6 +136,6 @@ class ModelMasks:
             payload = json.loads(path.read_text())
             layouts = {k: TileLayout.from_json(v) for k, v in payload["layouts"].items()}
             heads = {int(k): [int(h) for h in v] for k, v in payload["pruned_heads"].items()}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a valid masks file: {exc}") from exc
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+            raise ValueError(f"{path}: not a valid masks file: {type(exc).__name__}: {exc}") from exc
         return cls(layouts, heads)
