@@ -7,7 +7,8 @@
 2. Training toward the sparse set: re-weighted group lasso over tiles and heads (``reweighted``) or
    ADMM with Z projected onto the plan's tile-sparse set (``admm``); the set tightens along a cubic
    ramp over the first ``prune.ramp`` of the steps (gradual pruning); per-step loss, penalty and the
-   fraction of tiles below threshold go to MLflow.
+   fraction of tiles below threshold go to MLflow. Optionally the dense input model is a teacher
+   (logits and hidden states), so the representations survive while tiles are removed.
 3. Hard pruning to the plan (heads, Q/K and V/O dimension blocks, then tiles) and dev evaluation.
 
 Writes ``model/`` (pruned weights are exact zeros), ``masks.json`` and ``metrics.json``.
@@ -15,6 +16,7 @@ Writes ``model/`` (pruned weights are exact zeros), ``masks.json`` and ``metrics
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 
@@ -22,6 +24,7 @@ import numpy as np
 
 from . import modeling
 from .admm import ADMM
+from .distillation import distillation_loss, hidden_states_on
 from .head_pruning import attention_layers, head_weight_scores
 from .mask_selection import SparsityPlan, cubic_ramp, select_masks
 from .masking import apply_masks, element_masks, element_masks_np, mask_violations, weight_arrays
@@ -35,7 +38,8 @@ from .tile_pruning import check_tile, model_prunable_weights
 from .tiles import ModelMasks
 
 PRUNE_KEYS = ("algorithm", "tile", "kinds", "head_pruning", "policy", "structured_share", "ramp", "epochs", "batch_size",
-              "learning_rate", "max_train_examples", "below_threshold", "sensitivity", "reweighted", "admm", "device")
+              "learning_rate", "max_train_examples", "below_threshold", "sensitivity", "distill", "reweighted", "admm",
+              "device")
 
 
 def build_parser():
@@ -85,8 +89,14 @@ def train_toward_sparsity(model, weights, plan: SparsityPlan, data, cfg: dict, s
     """Re-weighted group lasso or ADMM training over the (optionally capped) train split."""
     num_heads = model.config.num_attention_heads
     loader = modeling.make_loader(data.train, cfg["batch_size"], shuffle=True, seed=seed)
+    distill = cfg["distill"]
+    extra = None
+    if distill["enabled"]:  # the dense model as it enters pruning is the teacher
+        teacher = copy.deepcopy(model).to(device)
+        extra = distillation_loss(teacher, float(distill["alpha"]), float(distill["temperature"]),
+                                  data.task.is_regression, float(distill["hidden_weight"]))
     common = dict(epochs=cfg["epochs"], learning_rate=cfg["learning_rate"], weight_decay=0.0, warmup_ratio=0.0,
-                  device=device, run=run, desc=f"prune[{cfg['algorithm']}]")
+                  device=device, run=run, desc=f"prune[{cfg['algorithm']}]", extra_loss=extra)
     model.to(device)
     ramp_steps = int(round(float(cfg["ramp"]) * cfg["epochs"] * len(loader)))
 
@@ -100,7 +110,8 @@ def train_toward_sparsity(model, weights, plan: SparsityPlan, data, cfg: dict, s
         algo = ReweightedGroupLasso(model, weights, plan.tile, penalty=rw["penalty"], eps=rw["eps"],
                                     update_every=rw["update_every"], select=select, heads=heads,
                                     below_ratio=cfg["below_threshold"])
-        return modeling.train(model, loader, after_step=algo.after_step, **common)
+        with hidden_states_on(model, bool(extra and distill["hidden_weight"] > 0)):
+            return modeling.train(model, loader, after_step=algo.after_step, **common)
     if cfg["algorithm"] == "admm":
         ad = cfg["admm"]
 
@@ -109,7 +120,8 @@ def train_toward_sparsity(model, weights, plan: SparsityPlan, data, cfg: dict, s
 
         algo = ADMM(model, weights, support, plan.tile, rho=ad["rho"], rho_growth=ad["rho_growth"],
                     update_every=ad["update_every"], below_ratio=cfg["below_threshold"])
-        return modeling.train(model, loader, after_step=algo.after_step, **common)
+        with hidden_states_on(model, bool(extra and distill["hidden_weight"] > 0)):
+            return modeling.train(model, loader, after_step=algo.after_step, **common)
     raise ValueError(f"prune.algorithm: unknown algorithm {cfg['algorithm']!r} (reweighted, admm)")
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import modeling
-from .distillation import distillation_loss
+from .distillation import distillation_loss, hidden_states_on
 from .masking import MaskEnforcer, element_masks, mask_violations
 from .stage import base_parser, read_json, setup_runtime
 from .sweep_stage import add_sweep_args, branch_name, evaluate, load_data, run_main, section, sparsity_metrics, \
@@ -41,12 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     return run_main("retrain", lambda: retrain(args))
 
 
-def retrain_masked(model, emasks: dict, data, cfg: dict, extra, device, run, seed: int) -> dict:
+def retrain_masked(model, emasks: dict, data, cfg: dict, extra, device, run, seed: int,
+                   hidden_states: bool = False) -> dict:
     """Fine-tune ``model`` with ``emasks`` enforced; raises if any removed element is non-zero afterwards."""
     model.to(device)
     emasks = {k: v.to(device) for k, v in emasks.items()}
     loader = modeling.make_loader(data.train, cfg["batch_size"], shuffle=True, seed=seed)
-    with MaskEnforcer(model, emasks) as enforcer:
+    with MaskEnforcer(model, emasks) as enforcer, hidden_states_on(model, hidden_states):
         summary = modeling.train(model, loader, epochs=cfg["epochs"], learning_rate=cfg["learning_rate"],
                                  weight_decay=cfg["weight_decay"], warmup_ratio=cfg["warmup_ratio"], device=device,
                                  run=run, desc="retrain", extra_loss=extra, after_step=enforcer.after_step)
@@ -80,13 +81,14 @@ def retrain(args) -> None:
     if distill["enabled"]:
         teacher = modeling.load_classifier(args.teacher_dir).to(device)
         extra = distillation_loss(teacher, float(distill["alpha"]), float(distill["temperature"]),
-                                  data.task.is_regression)
+                                  data.task.is_regression, float(distill["hidden_weight"]))
     from . import tracking  # here, not at import: retrain_masked runs without MLflow installed
 
     tags = {"sparsity": f"{args.sparsity:g}", "distill": str(distill["enabled"]).lower()}
     with tracking.stage_run(args.run_dir, branch_name("retrain", args.sparsity), args.params, tags=tags) as run:
         started = time.monotonic()
-        summary = retrain_masked(model, emasks, data, cfg, extra, device, run, args.seed)
+        hidden = bool(distill["enabled"] and distill["hidden_weight"] > 0)
+        summary = retrain_masked(model, emasks, data, cfg, extra, device, run, args.seed, hidden)
         metrics = evaluate(model, data, cfg["batch_size"], device, desc="dev (retrained)")
         if reference is not None and "accuracy" in metrics:
             metrics["accuracy_drop"] = float(reference) - metrics["accuracy"]

@@ -122,6 +122,7 @@ def run_algorithm(algorithm: str, model_dir: Path, data, args, device: torch.dev
            "head_pruning": True, "structured_share": 0.5, "ramp": 0.75, "policy": "sensitivity",
            "sensitivity": {"examples": args.sensitivity_examples, "power": 0.5, "spread": 0.3}, "epochs": args.prune_epochs,
            "batch_size": args.batch_size, "learning_rate": args.learning_rate, "below_threshold": 0.1,
+           "distill": {"enabled": True, "alpha": 0.5, "temperature": 2.0, "hidden_weight": 1.0},
            "reweighted": {"penalty": args.penalty, "update_every": 20, "eps": 1e-3},
            "admm": {"rho": args.rho, "rho_growth": 1.3, "update_every": 20}}
     rcfg = {"epochs": args.retrain_epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
@@ -146,9 +147,9 @@ def run_algorithm(algorithm: str, model_dir: Path, data, args, device: torch.dev
     pruned = timed("eval_s", lambda: evaluate(model, data, args.batch_size, device, desc="dev (pruned)"))
     after_prune = check_masks(model, masks, emasks, tuple(args.tile), args.sparsity)
     teacher = modeling.load_classifier(model_dir).to(device)
-    extra = distillation_loss(teacher, 0.5, 2.0, regression=False)
+    extra = distillation_loss(teacher, 0.5, 2.0, regression=False, hidden_weight=1.0)
     rsummary = timed("retrain_s", lambda: retrain_masked(model, element_masks(model, masks), data, rcfg, extra,
-                                                         device, run, args.seed))
+                                                         device, run, args.seed, hidden_states=True))
     retrained = evaluate(model, data, args.batch_size, device, desc="dev (retrained)")
     after_retrain = check_masks(model, masks, emasks, tuple(args.tile), args.sparsity)
     below = run.history.get("prune.frac_tiles_below_threshold", [(0, float("nan"))])
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=int, nargs=2, default=[16, 16])
     p.add_argument("--prune-epochs", type=int, default=1)
     p.add_argument("--retrain-epochs", type=int, default=1)
-    p.add_argument("--learning-rate", type=float, default=3e-5)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--penalty", type=float, default=1e-2)
     p.add_argument("--rho", type=float, default=2e-2)
     p.add_argument("--sensitivity-examples", type=int, default=256)

@@ -82,8 +82,9 @@ def stage_params(algorithm: str = "reweighted", policy: str = "sensitivity", hea
                   "structured_share": 0.5, "ramp": 0.75, "policy": policy, "sensitivity": {"examples": 8, "power": 0.5, "spread": 0.3},
                   "epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "max_train_examples": 32,
                   "below_threshold": 0.1, "device": "cpu",
+                  "distill": {"enabled": True, "alpha": 0.5, "temperature": 2.0, "hidden_weight": 1.0},
                   "reweighted": {"penalty": 1.0, "update_every": 2, "eps": 1e-3},
                   "admm": {"rho": 1e-2, "rho_growth": 1.5, "update_every": 2}},
         "retrain": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.1, "weight_decay": 0.01,
-                    "device": "cpu", "distill": {"enabled": True, "alpha": 0.5, "temperature": 2.0}},
+                    "device": "cpu", "distill": {"enabled": True, "alpha": 0.5, "temperature": 2.0, "hidden_weight": 1.0}},
     }

@@ -79,3 +79,23 @@ def test_retrain_needs_a_teacher_for_distillation(pruned, capsys):
             "--data-dir", str(p["data"]), "--out-dir", str(out)]
     assert retrain.main(argv) == 1 and not out.exists()
     assert "--teacher-dir" in capsys.readouterr().err
+
+
+def test_hidden_state_distillation_is_zero_against_itself_and_positive_otherwise():
+    from pipeline_steps.distillation import distillation_loss, hidden_states_on
+    from pruning_fixtures import random_batches, tiny_bert
+
+    teacher, student = tiny_bert(seed=0), tiny_bert(seed=0).eval()  # no dropout: identical outputs
+    batch = random_batches(n_batches=1)[0]
+    extra = distillation_loss(teacher, alpha=0.0, temperature=2.0, regression=False, hidden_weight=1.0)
+    with hidden_states_on(student):
+        term, logs = extra(student, batch, student(**batch))
+    assert float(term.detach()) == pytest.approx(0.0, abs=1e-10) and logs["train.hidden_distill_loss"] == pytest.approx(0.0)
+    assert student.config.output_hidden_states is False
+    with torch.no_grad():
+        student.bert.encoder.layer[0].output.dense.weight.mul_(0.5)
+    with hidden_states_on(student):
+        term, logs = extra(student, batch, student(**batch))
+    assert logs["train.hidden_distill_loss"] > 0 and float(term.detach()) > 0
+    with pytest.raises(RuntimeError, match="hidden states"):
+        extra(student, batch, student(**batch))
