@@ -130,7 +130,7 @@ def test_changed_config_value_reruns_the_stage_that_uses_it(pipeline, tmp_path):
     jobs = planned(workdir, env, TARGET, "--configfile", str(ROOT / "config.yaml"), str(changed))
     assert jobs.get("finetune") == 1 and "prepare_data" not in jobs and "build_lib" not in jobs
     assert jobs.get("report") == 1
-    changed.write_text("data:\n  synthetic:\n    n_dev: 150\n")
+    changed.write_text("data:\n  max_train_examples: 300\n")  # (keys of the smoke preset would be overridden by it)
     jobs = planned(workdir, env, TARGET, "--configfile", str(ROOT / "config.yaml"), str(changed))
     assert jobs.get("prepare_data") == 1 and jobs.get("finetune") == 1
 
