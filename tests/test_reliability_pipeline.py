@@ -157,6 +157,13 @@ def test_sigkill_mid_retrain_then_rerun_incomplete(workdir: Path) -> None:
 
     unlock = snakemake(workdir, "--unlock")
     assert unlock.returncode == 0, unlock.stderr[-2000:]
+    plan = snakemake(workdir, "-n", "--until", "retrain")  # Snakemake's own view of what is complete
+    planned = plan.stdout + plan.stderr
+    assert plan.returncode == 0, planned[-3000:]
+    unfinished = [b for b in BRANCHES if not (results / "retrain" / b / "metrics.json").exists()]
+    assert planned.count("rule retrain:") == len(unfinished) > 0, planned[-3000:]
+    for rule in ("prepare_data", "finetune", "prune"):
+        assert f"rule {rule}:" not in planned, f"{rule} planned again"
     rerun = snakemake(workdir, "--cores", "4", "--set-threads", "retrain=1", "--until", "retrain",
                       "--rerun-incomplete")
     out = rerun.stdout + rerun.stderr
@@ -175,3 +182,4 @@ def test_sigkill_mid_retrain_then_rerun_incomplete(workdir: Path) -> None:
         assert run.data.tags["killed_reason"] == "process ended without closing its run"
     finished = {r.data.tags["mlflow.runName"] for r in _children(mlc, info, "retrain[") if r.info.status == "FINISHED"}
     assert finished == {f"retrain[{b}]" for b in BRANCHES}
+    assert mlc.get_run(info["parent_run_id"]).info.status == "FINISHED"
