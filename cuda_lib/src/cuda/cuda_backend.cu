@@ -29,8 +29,8 @@ namespace et {
 namespace cuda {
 namespace {
 
-constexpr double kDefaultSparseMaxDensity = 0.55;  // see NOTES.md "density threshold"
-constexpr int kDefaultShortMax = 128;               // see NOTES.md "attention switch point"
+constexpr double kDefaultSparseMaxDensity = 0.55;  // tiled below this density (NOTES.md "density threshold")
+constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
 // Measured on an H100 (NOTES.md "density threshold"): the tile-sparse kernel is slower than cuBLASLt
 // on the zero-filled weights at every density 0.1-0.7 and batch 1-32 x 128, so by default no batch
 // takes it; ET_SPARSE_MAX_ROWS opts in.
