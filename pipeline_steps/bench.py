@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from . import stage
 
@@ -539,13 +540,13 @@ def main(argv: list[str] | None = None) -> int:
             sparsities = [float(s) for s in args.sparsities.split(",") if s]
             for shape in [s for s in args.shapes.split(",") if s]:
                 systems = Systems(ctx, *random_model_manifests(ctx, shape, sparsities))
+                grid = [(int(s), int(b)) for s in args.seqs.split(",") for b in args.batches.split(",")]
                 try:
-                    for seq in (int(s) for s in args.seqs.split(",")):
-                        for batch in (int(b) for b in args.batches.split(",")):
-                            bench_shape(systems, shape, batch, np.full(batch, seq, np.int32), "uniform", rng)
-                            if shape == HEADLINE[0] and seq == HEADLINE[2]:  # ragged U[16, seq]: padded vs packed
-                                ragged = rng.integers(16, seq + 1, batch).astype(np.int32)
-                                bench_shape(systems, shape, batch, ragged, "ragged", rng, sparsities=[0.0])
+                    for seq, batch in tqdm(grid, desc=f"bench {shape}", unit="shape"):
+                        bench_shape(systems, shape, batch, np.full(batch, seq, np.int32), "uniform", rng)
+                        if shape == HEADLINE[0] and seq == HEADLINE[2]:  # ragged U[16, seq]: padded vs packed
+                            ragged = rng.integers(16, seq + 1, batch).astype(np.int32)
+                            bench_shape(systems, shape, batch, ragged, "ragged", rng, sparsities=[0.0])
                 finally:
                     systems.close()
             run_pipeline_models(ctx, args.manifests, args.data_dir, rng, batch=32)
@@ -579,9 +580,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_cpu_grid(ctx: "Ctx", manifests: list[Path], rng: np.random.Generator) -> None:
     """CPU: the pipeline's models (libet CPU backend vs HF eager) on a small uniform grid."""
     for name, _, systems in pipeline_systems(ctx, manifests):
-        for seq in CPU_SEQS:
-            for batch in CPU_BATCHES:
-                bench_shape(systems, name, batch, np.full(batch, seq, np.int32), "uniform", rng)
+        for seq, batch in tqdm([(s, b) for s in CPU_SEQS for b in CPU_BATCHES], desc=f"bench {name}", unit="shape"):
+            bench_shape(systems, name, batch, np.full(batch, seq, np.int32), "uniform", rng)
 
 
 def _stage_run(args):
