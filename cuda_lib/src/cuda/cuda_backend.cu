@@ -16,6 +16,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -247,6 +248,7 @@ class CudaEngine final : public Backend {
   std::string device_name() const override { return name_; }
 
   void forward(const Batch& b, float* logits, float* hidden) override {
+    const std::lock_guard<std::mutex> lock(mutex_);  // one workspace: calls on a model run one at a time
     check(cudaSetDevice(device_), "cudaSetDevice");
     const Shape s = stage(b);
     execute(s, (b.flags & ET_FORWARD_NO_GRAPH) == 0);
@@ -267,6 +269,7 @@ class CudaEngine final : public Backend {
   }
 
   void benchmark(const Batch& b, int warmup, int iters, float* ms_per_iter) override {
+    const std::lock_guard<std::mutex> lock(mutex_);
     check(cudaSetDevice(device_), "cudaSetDevice");
     const Shape s = stage(b);
     const bool graph = (b.flags & ET_FORWARD_NO_GRAPH) == 0;
@@ -457,6 +460,7 @@ class CudaEngine final : public Backend {
   std::vector<DeviceLayer<T>> layers_;
   Workspace ws_;
   std::map<Shape, cudaGraphExec_t> graphs_;
+  std::mutex mutex_;
 };
 
 }  // namespace
