@@ -7,8 +7,8 @@ reference (HF ``transformers`` in float64 on the GPU) and, on the smaller cases,
 backend: relative error ||out - ref|| / ||ref|| of the last hidden states and of the logits, packed
 (padding-free) and padded paths. The engine's workspace is poisoned with NaNs before every forward
 (ET_POISON_WORKSPACE=1), so any element a kernel fails to write shows up. An out-of-memory case checks
-that ET_ERR_OUT_OF_MEMORY is returned and the model stays usable. Prints a pass/fail table; exits 1
-on any failure.
+that ET_ERR_OUT_OF_MEMORY is returned and the model stays usable; four threads sharing one model get
+the sequential results. Prints a pass/fail table; exits 1 on any failure.
 
     python cuda_lib/gpu/check.py --lib BUILD/libet.so --work /tmp/et-check [--json OUT.json]
 """
@@ -177,6 +177,24 @@ def oom_case(lib: Path, work: Path, rng: np.random.Generator) -> dict:
     return row
 
 
+def concurrency_case(lib: Path, work: Path, rng: np.random.Generator) -> dict:
+    """Four threads calling forward on one CUDA model give the same logits as sequential calls."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = random_bert.make_model("minilm", vocab=2000, seed=9)
+    manifest = random_bert.export(model, random_bert.random_pruning(model, 0.5, seed=10), work / "conc")
+    batches = [rand_lengths(rng, 8, 1, 200) for _ in range(8)]
+    inputs = [(rng.integers(0, 2000, size=sum(b), dtype=np.int32), b) for b in batches]
+    with Engine(lib, manifest, backend="cuda") as eng:
+        sequential = [eng.forward(t, b) for t, b in inputs]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            parallel = list(pool.map(lambda tb: eng.forward(*tb), inputs * 3))
+    worst = max(rel(p, sequential[i % len(inputs)]) for i, p in enumerate(parallel))
+    row = {"case": "concurrent forward", "status": 0, "reuse_rel": worst, "pass": worst == 0.0}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lib", type=Path, required=True)
@@ -200,10 +218,11 @@ def main() -> int:
             print(json.dumps(rows[-1]), flush=True)
         print(f"# {case.name}: {time.time() - t0:.1f}s", flush=True)
     if not args.only:
-        try:
-            rows.append(oom_case(args.lib, args.work, rng))
-        except Exception as exc:
-            rows.append({"case": "out-of-memory", "pass": False, "error": f"{type(exc).__name__}: {exc}"})
+        for name, fn in (("out-of-memory", oom_case), ("concurrent forward", concurrency_case)):
+            try:
+                rows.append(fn(args.lib, args.work, rng))
+            except Exception as exc:
+                rows.append({"case": name, "pass": False, "error": f"{type(exc).__name__}: {exc}"})
     if args.json:
         args.json.write_text(json.dumps({"seed": args.seed, "rows": rows}, indent=1))
     print(f"\nseed {args.seed}; tolerance fp16 {TOL['fp16']}, bf16 {TOL['bf16']} (relative L2 vs float64)")
@@ -211,7 +230,7 @@ def main() -> int:
     for r in rows:
         if "error" in r:
             print(f"{r['case']:28s} {'':>5s} {'':>6s} {'':>9s} {'':>9s} {'':>9s}  FAIL {r['error'][:80]}")
-        elif r["case"] == "out-of-memory":
+        elif r["case"] in ("out-of-memory", "concurrent forward"):
             print(f"{r['case']:28s} status={r['status']} reuse_rel={r['reuse_rel']:.1e}  {'pass' if r['pass'] else 'FAIL'}")
         else:
             cpu = f"{r['cpu_hidden_rel']:.2e}" if "cpu_hidden_rel" in r else "-"
