@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .head_pruning import AttentionLayer
-from .tile_pruning import PrunableWeight, expand_tiles, fraction_below, tile_energy
+from .tile_pruning import PrunableWeight, fraction_below, tile_energy
 from .tiles import ModelMasks
 
 _TINY = 1e-12
@@ -116,8 +116,9 @@ class ReweightedGroupLasso:
         lam = self.penalty_weight
         for name, nu in self.tile_norms().items():
             p = self.params[name]
-            factor = (1.0 - lam * self.alpha_tiles[name] / nu.clamp_min(_TINY)).clamp_min(0.0)
-            p.mul_(expand_tiles(factor, self.tile).to(p.dtype))
+            factor = (1.0 - lam * self.alpha_tiles[name] / nu.clamp_min(_TINY)).clamp_min(0.0).to(p.dtype)
+            gr, gc = factor.shape
+            p.view(gr, self.tile[0], gc, self.tile[1]).mul_(factor[:, None, :, None])
         for att in self.heads:
             factor = (1.0 - lam * self.alpha_heads[att.layer] / self.head_norms(att).clamp_min(_TINY)).clamp_min(0.0)
             per_dim = factor.repeat_interleave(att.head_dim)
