@@ -64,25 +64,33 @@ def load_hub(task: TaskSpec) -> dict[str, list[Example]]:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-    config = "mnli" if task.name == "mnli" else task.name
     try:
         import datasets
 
-        ds = datasets.load_dataset(HUB_DATASET, config)
+        ds = datasets.load_dataset(HUB_DATASET, task.name)
     except Exception as exc:  # datasets raises ConnectionError, OSError, ValueError... depending on the mode
         why = "the Hugging Face hub is not reachable and no cached copy exists" if offline else str(exc)
-        raise DataError(f"data.source hub: cannot load {HUB_DATASET}/{config}: {why}. "
+        raise DataError(f"data.source hub: cannot load {HUB_DATASET}/{task.name}: {why}. "
                         f"Alternatives: {_alternatives()}") from exc
-    a_field, b_field = HUB_FIELDS[task.name]
     out = {}
     for split, (hub_split, _) in SPLIT_SOURCES.items():
         name = f"{hub_split}_matched" if task.name == "mnli" and split != "train" else hub_split
-        rows = ds[name]
-        out[split] = [
-            Example(r[a_field], r[b_field] if b_field else None,
-                    math.nan if (not task.is_regression and r["label"] < 0) else float(r["label"]))
-            for r in rows
-        ]
+        out[split] = hub_examples(task, ds[name])
+    return out
+
+
+def hub_examples(task: TaskSpec, rows) -> list[Example]:
+    """Examples from the rows of a hub GLUE split (dicts with the task's text fields and ``label``).
+
+    GLUE's test splits carry label -1: those examples are unlabeled (NaN).
+    """
+    a_field, b_field = HUB_FIELDS[task.name]
+    out = []
+    for r in rows:
+        label = float(r["label"])
+        if label >= 0 and not task.is_regression and label >= task.num_labels:
+            raise DataError(f"{HUB_DATASET}/{task.name}: label {r['label']} outside 0..{task.num_labels - 1}")
+        out.append(Example(r[a_field], r[b_field] if b_field else None, math.nan if label < 0 else label))
     return out
 
 

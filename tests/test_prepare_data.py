@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -117,6 +118,19 @@ def test_local_validation_errors_name_file_and_column(tmp_path, mlflow_uri, caps
 def test_synthetic_requires_mrpc_task(tmp_path, capsys):
     code, out = _run(tmp_path, _params(task="sst2"))
     assert code == 2 and "set data.task: mrpc" in capsys.readouterr().err and not out.exists()
+
+
+def test_hub_rows_become_examples():
+    rows = [{"premise": "p", "hypothesis": "h", "label": 2, "idx": 0},
+            {"premise": "p2", "hypothesis": "h2", "label": -1, "idx": 1}]
+    a, b = prepare_data.hub_examples(glue.TASKS["mnli"], rows)
+    assert (a.text_a, a.text_b, a.label) == ("p", "h", 2.0) and math.isnan(b.label)
+    (single,) = prepare_data.hub_examples(glue.TASKS["sst2"], [{"sentence": "s", "label": 1, "idx": 0}])
+    assert single.text_b is None and single.label == 1.0
+    (score,) = prepare_data.hub_examples(glue.TASKS["stsb"], [{"sentence1": "a", "sentence2": "b", "label": 3.8}])
+    assert score.label == pytest.approx(3.8)
+    with pytest.raises(DataError, match="label 5 outside 0..1"):
+        prepare_data.hub_examples(glue.TASKS["rte"], [{"sentence1": "a", "sentence2": "b", "label": 5}])
 
 
 def test_hub_probe_reports_unreachable_quickly():
