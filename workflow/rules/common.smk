@@ -11,8 +11,12 @@ sys.path.insert(0, workflow.basedir)
 from pipeline_steps import config as et_config
 from pipeline_steps import tracking as et_tracking
 
+# The preset is merged over config.yaml; what the command line gives (--configfile files, then --config
+# values) wins over both, so `--config preset=smoke --configfile sweep.yaml` keeps sweep.yaml's sweep.
+_cli_config = dict(getattr(workflow.config_settings, "overwrite_config", None) or {})
+
 try:
-    config.update(et_config.apply_preset(config))
+    config.update(et_config.deep_merge(et_config.apply_preset(config), _cli_config))
     validate(config, str(et_config.SCHEMA_PATH))
     et_config.validate(config)
 except (WorkflowError, et_config.ConfigError) as exc:
