@@ -174,8 +174,12 @@ def _mark_stale_children(mlc, exp_id: str, parent_id: str) -> None:
             _retry(mlc.set_terminated, run.info.run_id, status="KILLED")
 
 
-def close_parent(run_dir: Path, status: str) -> None:
-    """End the parent run of ``run_dir`` with ``status`` (FINISHED or FAILED); log summary.json if present."""
+def close_parent(run_dir: Path, status: str, logs_dir: Path | None = None) -> None:
+    """End the parent run of ``run_dir`` with ``status`` (FINISHED or FAILED).
+
+    Logs summary.json (when finished) and, whatever the status, the stage logs in ``logs_dir``
+    (complete only now, since each stage's console output is tee'd into its log file).
+    """
     info = read_parent(run_dir)
     if info is None:
         return
@@ -183,6 +187,8 @@ def close_parent(run_dir: Path, status: str) -> None:
     summary = run_dir / "summary.json"
     if status == "FINISHED" and summary.exists():
         _retry(mlc.log_artifact, info["parent_run_id"], str(summary))
+    if logs_dir is not None and Path(logs_dir).is_dir():
+        _retry(mlc.log_artifacts, info["parent_run_id"], str(logs_dir), "logs")
     _retry(mlc.set_terminated, info["parent_run_id"], status=status)
 
 

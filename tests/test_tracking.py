@@ -49,10 +49,14 @@ def test_parent_and_child_runs(tmp_path, mlflow_uri, monkeypatch):
     assert mlc.get_run(info["parent_run_id"]).data.tags["config_hash"] == "h2"
 
     (run_dir / "summary.json").write_text("{}")
-    tracking.close_parent(run_dir, "FINISHED")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "finetune.log").write_text("epoch 1\n")
+    tracking.close_parent(run_dir, "FINISHED", logs)
     parent = mlc.get_run(info["parent_run_id"])
     assert parent.info.status == "FINISHED"
-    assert [a.path for a in mlc.list_artifacts(info["parent_run_id"])] == ["summary.json"]
+    assert sorted(a.path for a in mlc.list_artifacts(info["parent_run_id"])) == ["logs", "summary.json"]
+    assert [a.path for a in mlc.list_artifacts(info["parent_run_id"], "logs")] == ["logs/finetune.log"]
 
 
 def test_failing_stage_marks_run_failed_with_the_error(tmp_path, mlflow_uri, monkeypatch):

@@ -54,8 +54,8 @@ onstart:
 
 
 onsuccess:
-    et_tracking.close_parent(Path(R), "FINISHED")
+    et_tracking.close_parent(Path(R), "FINISHED", Path(LOGS))
 
 
 onerror:
-    et_tracking.close_parent(Path(R), "FAILED")
+    et_tracking.close_parent(Path(R), "FAILED", Path(LOGS))
