@@ -127,11 +127,11 @@ def test_changed_config_value_reruns_the_stage_that_uses_it(pipeline, tmp_path):
     workdir, env = pipeline[0], pipeline[1]
     changed = tmp_path / "changed.yaml"
     changed.write_text("finetune:\n  learning_rate: 3.0e-5\n")
-    jobs = planned(workdir, env, TARGET, "--configfile", str(ROOT / "config.yaml"), str(changed))
+    jobs = planned(workdir, env, TARGET, "--configfile", str(changed))
     assert jobs.get("finetune") == 1 and "prepare_data" not in jobs and "build_lib" not in jobs
     assert jobs.get("report") == 1
-    changed.write_text("data:\n  max_train_examples: 300\n")  # (keys of the smoke preset would be overridden by it)
-    jobs = planned(workdir, env, TARGET, "--configfile", str(ROOT / "config.yaml"), str(changed))
+    changed.write_text("data:\n  synthetic:\n    n_dev: 150\n")  # a smoke-preset key: the command line wins
+    jobs = planned(workdir, env, TARGET, "--configfile", str(changed))
     assert jobs.get("prepare_data") == 1 and jobs.get("finetune") == 1
 
 
