@@ -1,11 +1,14 @@
-// cuBLASLt GEMMs with the bias (and residual via beta = 1) epilogue; plans cached per shape.
+// cuBLASLt GEMMs with the bias (and residual via beta = 1) epilogue; plans cached per shape, each
+// shape's algorithm chosen by timing cuBLASLt's heuristic candidates on its first (uncaptured) run.
 #include "dense_gemm.h"
 
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "kernels.h"
 
@@ -30,10 +33,11 @@ struct DenseGemm::Impl {
   struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    std::vector<cublasLtMatmulAlgo_t> candidates;  // heuristic order; emptied once one is chosen
     cublasLtMatmulAlgo_t algo{};
   };
 
-  explicit Impl(bool tanh) : tanh_gelu(tanh) {
+  Impl(bool tanh, int tune) : tanh_gelu(tanh), tune_candidates(std::max(1, tune)) {
     check_lt(cublasLtCreate(&handle), "cublasLtCreate");
     const cudaError_t err = cudaMalloc(&workspace, workspace_bytes);
     if (err != cudaSuccess) {
@@ -52,15 +56,19 @@ struct DenseGemm::Impl {
     cublasLtDestroy(handle);
   }
   Plan& plan(const Key& key, cudaDataType_t type);
+  // Time every candidate of p on these operands (beta = 0, so y is only written) and keep the fastest.
+  void choose_algo(Plan& p, const void* w, const void* x, void* y, cudaStream_t stream);
 
   bool tanh_gelu;
+  int tune_candidates;
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 32u << 20;
   std::map<Key, Plan> plans;
 };
 
-DenseGemm::DenseGemm(bool tanh_gelu) : impl_(std::make_unique<Impl>(tanh_gelu)) {}
+DenseGemm::DenseGemm(bool tanh_gelu, int tune_candidates)
+    : impl_(std::make_unique<Impl>(tanh_gelu, tune_candidates)) {}
 DenseGemm::~DenseGemm() = default;
 
 DenseGemm::Impl::Plan& DenseGemm::Impl::plan(const Key& key, cudaDataType_t type) {
@@ -86,10 +94,10 @@ DenseGemm::Impl::Plan& DenseGemm::Impl::plan(const Key& key, cudaDataType_t type
   check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
                                        sizeof(workspace_bytes));
-  cublasLtMatmulHeuristicResult_t result{};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(tune_candidates);
   int found = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, tune_candidates,
+                                                           results.data(), &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
     cublasLtMatrixLayoutDestroy(p.a);
@@ -99,8 +107,42 @@ DenseGemm::Impl::Plan& DenseGemm::Impl::plan(const Key& key, cudaDataType_t type
     throw Error(ET_ERR_BACKEND, "cuBLASLt: no algorithm for a " + std::to_string(m) + "x" + std::to_string(n) + "x" +
                                     std::to_string(k) + " GEMM");
   }
-  p.algo = result.algo;
+  p.algo = results[0].algo;
+  if (found > 1)
+    for (int i = 0; i < found; ++i) p.candidates.push_back(results[i].algo);
   return plans.emplace(key, p).first->second;
+}
+
+void DenseGemm::Impl::choose_algo(Plan& p, const void* w, const void* x, void* y, cudaStream_t stream) {
+  constexpr int kWarmup = 2, kTimed = 5;
+  const float alpha = 1.0f, beta = 0.0f;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  const cudaError_t created = cudaEventCreate(&stop);
+  if (created != cudaSuccess) cudaEventDestroy(start);
+  check(created, "cudaEventCreate");
+  float best_ms = -1.0f;
+  for (const cublasLtMatmulAlgo_t& algo : p.candidates) {
+    auto launch = [&] {
+      return cublasLtMatmul(handle, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo, workspace,
+                            workspace_bytes, stream);
+    };
+    bool ok = true;
+    for (int i = 0; i < kWarmup && ok; ++i) ok = launch() == CUBLAS_STATUS_SUCCESS;
+    if (!ok) continue;  // a candidate the heuristic offered but this problem rejects
+    cudaEventRecord(start, stream);
+    for (int i = 0; i < kTimed; ++i) launch();
+    cudaEventRecord(stop, stream);
+    float ms = 0.0f;
+    if (cudaEventSynchronize(stop) != cudaSuccess || cudaEventElapsedTime(&ms, start, stop) != cudaSuccess) continue;
+    if (best_ms < 0.0f || ms < best_ms) {
+      best_ms = ms;
+      p.algo = algo;
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  p.candidates.clear();
 }
 
 template <typename T>
@@ -112,6 +154,11 @@ void DenseGemm::run(const T* w, const T* x, const T* bias, const T* residual, T*
   Impl::Plan& p = impl_->plan(Impl::Key{m, n, k, static_cast<int>(data_type<T>()), static_cast<int>(lt_epi)}, data_type<T>());
   check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
            "set BIAS_POINTER");
+  if (!p.candidates.empty()) {
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    check(cudaStreamIsCapturing(stream, &capturing), "cudaStreamIsCapturing");
+    if (capturing == cudaStreamCaptureStatusNone) impl_->choose_algo(p, w, x, y, stream);
+  }
   const float alpha = 1.0f, beta = with_residual ? 1.0f : 0.0f;
   const T* c = with_residual ? residual : y;
   check_lt(cublasLtMatmul(impl_->handle, p.desc, &alpha, w, p.a, x, p.b, &beta, c, p.c, y, p.c, &p.algo,

@@ -14,7 +14,10 @@ class DenseGemm {
  public:
   // tanh_gelu: fuse cuBLASLt's GELU epilogue (tanh approximation, |error| <= 4.8e-4, below fp16
   // rounding of the activation) instead of the exact erf GELU pass.
-  explicit DenseGemm(bool tanh_gelu);
+  // tune_candidates > 1: the first run of each shape (outside stream capture) times up to this many
+  // of cuBLASLt's heuristic algorithms on the real operands and keeps the fastest; 1 takes the
+  // heuristic's first choice.
+  DenseGemm(bool tanh_gelu, int tune_candidates);
   ~DenseGemm();
   DenseGemm(const DenseGemm&) = delete;
   DenseGemm& operator=(const DenseGemm&) = delete;
