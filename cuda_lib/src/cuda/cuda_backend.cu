@@ -32,6 +32,7 @@ namespace {
 
 constexpr double kDefaultSparseMaxDensity = 0.55;  // tiled below this density (NOTES.md "density threshold")
 constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
+constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)
 // Measured on an H100 (NOTES.md "density threshold"): the tile-sparse kernel is slower than cuBLASLt
 // on the zero-filled weights at every density 0.1-0.7 and batch 1-32 x 128, so by default no batch
 // takes it; ET_SPARSE_MAX_ROWS opts in.
@@ -213,12 +214,13 @@ class CudaEngine final : public Backend {
     sparse_max_rows_ = static_cast<int64_t>(env_number("ET_SPARSE_MAX_ROWS", kDefaultSparseMaxRows));
     const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
     const bool tanh_gelu = env_number("ET_DENSE_TANH_GELU", 0) != 0;
+    const int gemm_tune = static_cast<int>(env_number("ET_GEMM_TUNE", kDefaultGemmTune));
 
     const Model& m = *model_;
     prepared_ = prepare_model(m, max_density);
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     try {
-      gemm_ = std::make_unique<DenseGemm>(tanh_gelu);
+      gemm_ = std::make_unique<DenseGemm>(tanh_gelu, gemm_tune);
       word_ = upload_as<T>(m.word_emb);
       pos_ = upload_as<T>(m.pos_emb);
       type_ = upload_as<T>(m.type_emb);
