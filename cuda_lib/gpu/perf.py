@@ -9,7 +9,8 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   ragged       lengths U[16, 128], batch 32: padding-free vs padded
   density      sparse kernel vs cuBLASLt on the same pruned model at several densities (the
                ET_SPARSE_MAX_DENSITY threshold), and the sparse kernel's block shape (ET_SPARSE_SHAPE)
-  attention    whole-sequence vs streaming operator by sequence length (the ET_ATTN_SHORT_MAX switch)
+  untuned      the same dense/b1/ragged rows with cuBLASLt's first heuristic choice (ET_GEMM_TUNE=1)
+  attention    (--attention) whole-sequence vs streaming operator by length (the ET_ATTN_SHORT_MAX switch)
 Each timing: 10 warm-up + median of 50 CUDA-event-timed runs, measured twice. Writes --json and
 prints a table last.
 
@@ -90,6 +91,7 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--attention", action="store_true", help="also time the two attention operators by length")
     ap.add_argument("--densities", default="0.1,0.2,0.35,0.5,0.65,0.8")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -120,11 +122,16 @@ def main() -> int:
             p.record(f"dense b{lens.size} s{seq} (graph)", p.engine_ms(eng, lens), bench.forward_flops(DIMS, lens, False))
     with env(ET_DENSE_TANH_GELU="1"), Engine(p.lib, dense, backend="cuda") as eng:
         p.record("dense b32 s128 cuBLASLt tanh-GELU epilogue", p.engine_ms(eng, b32), f32)
+    with env(ET_GEMM_TUNE="1"), Engine(p.lib, dense, backend="cuda") as eng:  # cuBLASLt heuristic's first choice
+        p.record("dense b32 s128 untuned cuBLASLt", p.engine_ms(eng, b32), f32)
+        p.record("dense b1 s128 untuned cuBLASLt", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
+        p.record("ragged U[16,128] b32 packed untuned cuBLASLt", p.engine_ms(eng, ragged),
+                 bench.forward_flops(DIMS, ragged, False))
     with Engine(p.lib, dense, backend="cuda", precision="bf16") as eng:
         p.record("dense b32 s128 bf16", p.engine_ms(eng, b32), f32)
 
     # attention operators: whole-sequence (short) vs streaming (long), by sequence length
-    for name, short_max in (("short", "128"), ("long", "0")):
+    for name, short_max in (("short", "128"), ("long", "0")) if args.attention else ():
         with env(ET_ATTN_SHORT_MAX=short_max), Engine(p.lib, dense, backend="cuda") as eng:
             for batch, seq in ((32, 16), (32, 32), (32, 64), (32, 96), (32, 128), (1, 64), (1, 128)):
                 lens = np.full(batch, seq, np.int32)
