@@ -106,8 +106,10 @@ def load_classifier(path: str | Path, num_labels: int | None = None):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialised classifier" report is expected for a base encoder
     try:
+        # float32 whatever the checkpoint's dtype (transformers 5 would keep a float16 checkpoint's): the
+        # stages train and evaluate in float32.
         return BertForSequenceClassification.from_pretrained(resolved, config=config, attn_implementation="eager",
-                                                             local_files_only=local)
+                                                             dtype=torch.float32, local_files_only=local)
     finally:
         hf_logging.set_verbosity(verbosity)
 
