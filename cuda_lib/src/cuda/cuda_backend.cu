@@ -389,7 +389,7 @@ class CudaEngine final : public Backend {
       linear(L.qkv, x, s.rows, nullptr, qkv, Epilogue::kBias);
       attention<T>(qkv, L.qkv.n, att, L.o.k, DeviceHeads{L.n_heads, L.heads.template as<int32_t>()},
                    prepared_.max_dqk, prepared_.max_dv, start, len, s.batch, s.max_len, prepared_.attn_scale,
-                   short_max_, stream_);
+                   short_max_, num_sms_, stream_);
       linear(L.o, att, s.rows, x, tmp, Epilogue::kBiasResidual);
       layernorm<T>(tmp, s.rows, H, L.ln1g.template as<T>(), L.ln1b.template as<T>(), c.layer_norm_eps, x2, stream_);
       linear(L.ffn1, x2, s.rows, nullptr, ffn, Epilogue::kBiasGelu);
