@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .engine import OMP_ENV, Engine  # first: sets the OpenMP wait policy before torch loads libgomp  # isort: skip
+from .engine import OMP_ENV, Engine, EngineError  # first: sets the OpenMP wait policy before torch loads libgomp  # isort: skip
 from . import glue, modeling, stage, tracking
 
 # Largest |et_infer - library| logit difference, relative to the logit scale. Both call the same
@@ -91,7 +91,7 @@ def compare(task: glue.TaskSpec, ours: np.ndarray, reference: np.ndarray) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the stage."""
+    """Run the stage; a library, data or consistency error prints one paragraph and exits 1."""
     p = stage.base_parser(__doc__.splitlines()[0])
     p.add_argument("--lib", type=Path, required=True, help="built libet.so")
     p.add_argument("--exe", type=Path, required=True, help="built et_infer")
@@ -102,6 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, required=True)
     args = p.parse_args(argv)
     stage.setup_runtime(args.threads, args.seed)
+    try:
+        infer(args)
+    except EngineError as exc:
+        print(f"infer: error: libet ({args.lib}) failed on the model of {args.manifest}: {exc}", file=sys.stderr)
+        return 1
+    except (InferError, FileNotFoundError, ValueError) as exc:  # ValueError: glue.DataError, modeling.ModelError
+        print(f"infer: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def infer(args) -> None:
+    """The stage body: the dev split through libet, et_infer and PyTorch; writes logits.npy and metrics.json."""
     max_len = int(args.params.get("model", {}).get("max_seq_length", 128))
     infer_cfg = args.params.get("infer", {})
     backend = infer_cfg.get("backend", "auto")
@@ -157,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("accuracy", "max_abs_logit_diff", "prediction_agreement",
                                                             "latency_ms", "tokens_per_s") if k in metrics)
     print(f"infer: {info['backend']} ({info['device']}): {summary}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from libet_build import apply_masks, export, libet, random_bert, random_masks  # noqa: F401
 from pipeline_steps import glue, infer, modeling
+from stage_failures import digests, only_child, open_run_dir
 
 WORDS = "the a cat dog sat on mat ran fast slow red blue house tree river stone light dark".split()
 
@@ -52,14 +54,51 @@ def test_infer_stage(libet, run_inputs, mlflow_uri):
     assert sorted(p.name for p in out.iterdir()) == ["logits.npy", "metrics.json"]
 
 
-def test_infer_fails_without_outputs_on_a_broken_executable(libet, run_inputs, mlflow_uri, tmp_path):
+def _infer_argv(root, manifest, lib, exe, run_dir, out) -> list[str]:
+    params = {"model": {"max_seq_length": 48}, "infer": {"backend": "cpu", "batch_size": 8}}
+    return ["--run-dir", str(run_dir), "--params", json.dumps(params), "--sparsity", "0.4", "--lib", str(lib),
+            "--exe", str(exe), "--manifest", str(manifest), "--model-dir", str(root / "model"), "--data-dir",
+            str(root / "data"), "--out-dir", str(out)]
+
+
+def test_infer_fails_without_outputs_on_a_broken_executable(libet, run_inputs, mlflow_uri, tmp_path, capsys):
+    """et_infer exits non-zero: one error line naming the exit code and its message, exit 1, the branch's
+    MLflow run FAILED with the same message, no output, the inputs untouched."""
     root, manifest = run_inputs
     fake = tmp_path / "et_infer"
     fake.write_text("#!/bin/sh\necho 'simulated failure' >&2\nexit 3\n")
     fake.chmod(0o755)
-    params = {"model": {"max_seq_length": 48}, "infer": {"backend": "cpu", "batch_size": 8}}
-    with pytest.raises(infer.InferError, match="et_infer failed with exit code 3: simulated failure"):
-        infer.main(["--params", json.dumps(params), "--lib", str(libet.lib), "--exe", str(fake), "--manifest",
-                    str(manifest), "--model-dir", str(root / "model"), "--data-dir", str(root / "data"),
-                    "--out-dir", str(tmp_path / "out")])
-    assert not (tmp_path / "out").exists()
+    run_dir, info = open_run_dir(tmp_path)
+    before = digests(root / "model", root / "npy", root / "data")
+    out = run_dir / "infer" / "s0.4"
+    assert infer.main(_infer_argv(root, manifest, libet.lib, fake, run_dir, out)) == 1
+    err = capsys.readouterr().err
+    assert "infer: error: et_infer failed with exit code 3: simulated failure" in err and "Traceback" not in err
+    run = only_child(info, "infer[s0.4]")
+    assert run.info.status == "FAILED" and "et_infer failed with exit code 3" in run.data.tags["error"]
+    assert not out.exists() and not list(out.parent.glob(".s0.4.tmp-*"))
+    assert digests(root / "model", root / "npy", root / "data") == before
+
+
+def test_infer_reports_a_library_error_naming_tensor_shape_and_manifest(libet, run_inputs, mlflow_uri, tmp_path,
+                                                                      capsys):
+    """An export whose weight file disagrees with its manifest: libet's message (file, tensor, shapes) in one
+    error paragraph that also names the stage and the manifest; exit 1; FAILED run; earlier outputs untouched."""
+    root, manifest = run_inputs
+    bad = tmp_path / "npy"
+    shutil.copytree(manifest.parent, bad)
+    pooler = bad / "bert.pooler.dense.weight.npy"
+    np.save(pooler, np.load(pooler)[:, :32])
+    run_dir, info = open_run_dir(tmp_path)
+    out = run_dir / "infer"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text('{"accuracy": 0.5}\n')  # an earlier successful run's output
+    before = digests(root, out)
+    assert infer.main(_infer_argv(root, bad / manifest.name, libet.lib, libet.exe, run_dir, out)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"infer: error: libet ({libet.lib}) failed on the model of {bad / manifest.name}: ")
+    assert f"{pooler}: shape [64,32] but the manifest declares [64,64] for 'bert.pooler.dense.weight'" in err
+    assert "\n" not in err and "Traceback" not in err
+    run = only_child(info, "infer[s0.4]")
+    assert run.info.status == "FAILED" and "bert.pooler.dense.weight" in run.data.tags["error"]
+    assert digests(root, out) == before
