@@ -137,22 +137,22 @@ def hard_prune(model, weights, plan: SparsityPlan) -> tuple[ModelMasks, dict]:
 
 
 def prune(args) -> None:
-    """The stage body."""
+    """The stage body: the MLflow run opens once --params are valid, so a data or model error ends it FAILED."""
+    from . import tracking  # here, not at import: the training steps above run without MLflow installed
+
     cfg = section(args.params, "prune", PRUNE_KEYS)
     max_length = int(section(args.params, "model", ("max_seq_length",))["max_seq_length"])
     target = float(args.sparsity)
     if not 0.0 <= target < 1.0:
         raise ValueError(f"--sparsity {target}: must be in [0, 1)")
-    device = modeling.select_device(cfg["device"])
-    data = load_data(args.data_dir, args.model_dir, max_length, cfg["max_train_examples"], args.seed)
-    model = modeling.load_classifier(args.model_dir)
-    weights = model_prunable_weights(model)
-    for w in weights:  # prune.tile must divide every weight (hidden and intermediate sizes) before any work
-        check_tile(w.shape, tuple(cfg["tile"]), w.name)
-    from . import tracking  # here, not at import: the training steps above run without MLflow installed
-
     tags = {"sparsity": f"{target:g}", "algorithm": cfg["algorithm"], "policy": cfg["policy"]}
     with tracking.stage_run(args.run_dir, branch_name("prune", target), args.params, tags=tags) as run:
+        device = modeling.select_device(cfg["device"])
+        data = load_data(args.data_dir, args.model_dir, max_length, cfg["max_train_examples"], args.seed)
+        model = modeling.load_classifier(args.model_dir)
+        weights = model_prunable_weights(model)
+        for w in weights:  # prune.tile must divide every weight (hidden and intermediate sizes) before any work
+            check_tile(w.shape, tuple(cfg["tile"]), w.name)
         started = time.monotonic()
         plan = make_plan(model, weights, data, cfg, target, args.seed, device, run)
         plan_seconds = time.monotonic() - started

@@ -58,34 +58,34 @@ def retrain_masked(model, emasks: dict, data, cfg: dict, extra, device, run, see
 
 
 def retrain(args) -> None:
-    """The stage body."""
+    """The stage body: the MLflow run opens once --params are valid, so a data or model error ends it FAILED."""
+    from . import tracking  # here, not at import: retrain_masked runs without MLflow installed
+
     cfg = section(args.params, "retrain", RETRAIN_KEYS)
     max_length = int(section(args.params, "model", ("max_seq_length",))["max_seq_length"])
     distill = cfg["distill"]
-    reference = None
-    if args.finetune_metrics is not None:
-        reference = read_json(args.finetune_metrics).get("accuracy")
-        if reference is None:
-            raise ValueError(f"{args.finetune_metrics}: no 'accuracy' to compare against")
     if distill["enabled"] and args.teacher_dir is None:
         raise ValueError("retrain.distill.enabled is true but no --teacher-dir was given")
-    device = modeling.select_device(cfg["device"])
-    masks = ModelMasks.load(args.masks)
-    data = load_data(args.data_dir, args.model_dir, max_length, None, args.seed)
-    model = modeling.load_classifier(args.model_dir)
-    emasks = element_masks(model, masks)
-    bad = mask_violations(model, emasks)
-    if bad:
-        raise ValueError(f"{args.model_dir}: weights are non-zero outside {args.masks}: {bad}")
-    extra = None
-    if distill["enabled"]:
-        teacher = modeling.load_classifier(args.teacher_dir).to(device)
-        extra = distillation_loss(teacher, float(distill["alpha"]), float(distill["temperature"]),
-                                  data.task.is_regression, float(distill["hidden_weight"]))
-    from . import tracking  # here, not at import: retrain_masked runs without MLflow installed
-
     tags = {"sparsity": f"{args.sparsity:g}", "distill": str(distill["enabled"]).lower()}
     with tracking.stage_run(args.run_dir, branch_name("retrain", args.sparsity), args.params, tags=tags) as run:
+        reference = None
+        if args.finetune_metrics is not None:
+            reference = read_json(args.finetune_metrics).get("accuracy")
+            if reference is None:
+                raise ValueError(f"{args.finetune_metrics}: no 'accuracy' to compare against")
+        device = modeling.select_device(cfg["device"])
+        masks = ModelMasks.load(args.masks)
+        data = load_data(args.data_dir, args.model_dir, max_length, None, args.seed)
+        model = modeling.load_classifier(args.model_dir)
+        emasks = element_masks(model, masks)
+        bad = mask_violations(model, emasks)
+        if bad:
+            raise ValueError(f"{args.model_dir}: weights are non-zero outside {args.masks}: {bad}")
+        extra = None
+        if distill["enabled"]:
+            teacher = modeling.load_classifier(args.teacher_dir).to(device)
+            extra = distillation_loss(teacher, float(distill["alpha"]), float(distill["temperature"]),
+                                      data.task.is_regression, float(distill["hidden_weight"]))
         started = time.monotonic()
         hidden = bool(distill["enabled"] and distill["hidden_weight"] > 0)
         summary = retrain_masked(model, emasks, data, cfg, extra, device, run, args.seed, hidden)

@@ -30,3 +30,18 @@ def digests(*folders: Path) -> dict[str, str]:
     """SHA-256 of every file under ``folders``, keyed by path."""
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
             for folder in folders for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+DAMAGES = ("missing", "not_utf8")
+
+
+def damage_split(path: Path, how: str) -> str:
+    """Delete a split file (``missing``) or overwrite it with bytes that are not UTF-8 (``not_utf8``);
+    returns the start of the error message expected to name it."""
+    if how == "missing":
+        path.unlink()
+        return f"{path}: cannot read: "
+    if how == "not_utf8":
+        path.write_bytes(b"Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t0\t1\t\xff\xfe\tb\n")
+        return f"{path}: not UTF-8 text: "
+    raise ValueError(f"unknown damage {how!r} (one of {DAMAGES})")

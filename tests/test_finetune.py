@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_steps import finetune, glue, modeling, prepare_data, tracking
+from stage_failures import DAMAGES, damage_split, digests, only_child, open_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,6 +88,32 @@ def test_failed_stage_marks_its_run_failed(tmp_path, mlflow_uri, tiny_bert_dir):
     (exp,) = [e for e in mlc.search_experiments() if e.name == "run"]
     (run,) = mlc.search_runs([exp.experiment_id])
     assert run.info.status == "FAILED" and "missing column" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_bad_dev_split_fails_the_child_run_and_keeps_earlier_outputs(tmp_path, mlflow_uri, tiny_bert_dir, capsys,
+                                                                       damage):
+    """A missing or non-UTF-8 dev.tsv: exit 1 with one error line naming the file, the finetune child run
+    FAILED with the same message, the data folder and the previous finetune output byte for byte unchanged."""
+    run_dir, info = open_run_dir(tmp_path)
+    data = run_dir / "data"
+    data.mkdir(parents=True)
+    (data / "task.json").write_text(json.dumps({"task": "mrpc"}))
+    for split in ("train", "dev"):
+        glue.write_split(data / f"{split}.tsv", glue.TASKS["mrpc"], [glue.Example("a cat", "a dog", 1.0)] * 4)
+    expected = damage_split(data / "dev.tsv", damage)
+    out = run_dir / "finetune"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"accuracy": 0.5}\n')  # the output of an earlier successful run
+    before = digests(data, out)
+    code = finetune.main(["--run-dir", str(run_dir), "--params", json.dumps(_params(tiny_bert_dir)),
+                          "--data-dir", str(data), "--out-dir", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"finetune: error: {expected}") and "\n" not in err
+    run = only_child(info, "finetune")
+    assert run.info.status == "FAILED" and expected in run.data.tags["error"]
+    assert digests(data, out) == before and not list(run_dir.glob(".finetune.tmp-*"))
 
 
 def test_help_runs():

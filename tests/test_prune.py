@@ -13,6 +13,7 @@ from pipeline_steps.masking import element_masks, mask_violations
 from pipeline_steps.tile_pruning import layouts_from_model
 from pipeline_steps.tiles import ModelMasks
 from pruning_fixtures import stage_inputs, stage_params
+from stage_failures import DAMAGES, damage_split, digests, only_child, open_run_dir
 
 
 def _run(tmp_path, params, sparsity="0.5", out="prune/s0.5", model_dir=None):
@@ -69,3 +70,27 @@ def test_bad_params_fail_clearly_and_write_nothing(tmp_path, mlflow_uri, capsys)
     rc, out = _run(tmp_path / "b", params)
     assert rc == 1 and not out.exists()
     assert "does not divide" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_bad_dev_split_fails_the_branch_run_and_keeps_earlier_outputs(tmp_path, mlflow_uri, capsys, damage):
+    """A missing or non-UTF-8 dev.tsv: exit 1 with one error line naming the file, the prune[s0.5] child run
+    FAILED with the same message (it opens before the data is read), the fine-tuned model, the data folder
+    and the branch's previous output byte for byte unchanged."""
+    model, data, _ = stage_inputs(tmp_path / "in")
+    run_dir, info = open_run_dir(tmp_path)
+    expected = damage_split(data / "dev.tsv", damage)
+    capsys.readouterr()  # the inputs' own console output
+    out = run_dir / "prune" / "s0.5"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text('{"sparsity": 0.5}\n')  # the output of an earlier successful run
+    before = digests(tmp_path / "in", out)
+    argv = ["--run-dir", str(run_dir), "--params", json.dumps(stage_params()), "--threads", "1", "--sparsity", "0.5",
+            "--model-dir", str(model), "--data-dir", str(data), "--out-dir", str(out)]
+    assert prune.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"prune: error: {expected}") and "\n" not in err
+    run = only_child(info, "prune[s0.5]")
+    assert run.info.status == "FAILED" and expected in run.data.tags["error"]
+    assert run.data.tags["algorithm"] == "reweighted" and run.data.tags["sparsity"] == "0.5"
+    assert digests(tmp_path / "in", out) == before and not list(out.parent.glob(".s0.5.tmp-*"))

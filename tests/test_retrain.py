@@ -11,6 +11,7 @@ from pipeline_steps import modeling, prune, retrain
 from pipeline_steps.masking import element_masks, mask_violations
 from pipeline_steps.tiles import ModelMasks, TileLayout
 from pruning_fixtures import stage_inputs, stage_params
+from stage_failures import damage_split, digests, only_child, open_run_dir
 
 
 @pytest.fixture
@@ -79,6 +80,28 @@ def test_retrain_needs_a_teacher_for_distillation(pruned, capsys):
             "--data-dir", str(p["data"]), "--out-dir", str(out)]
     assert retrain.main(argv) == 1 and not out.exists()
     assert "--teacher-dir" in capsys.readouterr().err
+
+
+def test_missing_dev_split_fails_the_branch_run_and_keeps_earlier_outputs(tmp_path, mlflow_uri, capsys):
+    """dev.tsv lost after pruning: exit 1 with one error line naming the file, the retrain[s0.6] child run
+    FAILED with the same message (it opens before the data is read), the earlier stages' outputs unchanged."""
+    model, data, ft_metrics = stage_inputs(tmp_path / "in")
+    masks = tmp_path / "in" / "masks.json"
+    ModelMasks({}, {}).save(masks)  # the dense model: nothing removed
+    run_dir, info = open_run_dir(tmp_path)
+    expected = damage_split(data / "dev.tsv", "missing")
+    capsys.readouterr()  # the inputs' own console output
+    before = digests(tmp_path / "in")
+    out = run_dir / "retrain" / "s0.6"
+    argv = ["--run-dir", str(run_dir), "--params", json.dumps(stage_params()), "--threads", "1", "--sparsity", "0.6",
+            "--model-dir", str(model), "--masks", str(masks), "--teacher-dir", str(model),
+            "--finetune-metrics", str(ft_metrics), "--data-dir", str(data), "--out-dir", str(out)]
+    assert retrain.main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"retrain: error: {expected}") and "\n" not in err
+    run = only_child(info, "retrain[s0.6]")
+    assert run.info.status == "FAILED" and expected in run.data.tags["error"]
+    assert digests(tmp_path / "in") == before and not out.exists()
 
 
 def test_hidden_state_distillation_is_zero_against_itself_and_positive_otherwise():
