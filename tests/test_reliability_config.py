@@ -109,8 +109,8 @@ def test_snakemake_stops_before_any_stage(tmp_path: Path, case: str) -> None:
 
 def test_tile_not_dividing_hidden_size_fails_before_pruning(tmp_path: Path, mlflow_uri, capsys) -> None:
     """prune.tile passes the schema (multiples of 8) but 24 does not divide the model's hidden size 64:
-    the prune stage exits 1 naming the first weight, its shape and the key, before opening its MLflow
-    run or training, and writes nothing."""
+    the prune stage exits 1 naming the first weight, its shape and the key, before training; its MLflow
+    run ends FAILED with that message and nothing is written."""
     import json
 
     from pipeline_steps import prune, tracking
@@ -123,8 +123,11 @@ def test_tile_not_dividing_hidden_size_fails_before_pruning(tmp_path: Path, mlfl
     code = prune.main(["--run-dir", str(tmp_path / "run"), "--params", json.dumps(params), "--threads", "1",
                        "--sparsity", "0.5", "--model-dir", str(model), "--data-dir", str(data), "--out-dir", str(out)])
     assert code == 1
-    assert ("prune: error: bert.encoder.layer.0.attention.self.query.weight: tile shape 24x24 does not divide "
-            "weight shape 64x64 (prune.tile)") in capsys.readouterr().err
+    message = "bert.encoder.layer.0.attention.self.query.weight: tile shape 24x24 does not divide weight shape 64x64 (prune.tile)"
+    assert f"prune: error: {message}" in capsys.readouterr().err
     assert not out.exists()
-    runs = tracking.client(mlflow_uri).search_runs([e.experiment_id for e in tracking.client(mlflow_uri).search_experiments()])
-    assert [r for r in runs if r.data.tags.get("stage", "").startswith("prune")] == []
+    mlc = tracking.client(mlflow_uri)
+    runs = [r for r in mlc.search_runs([e.experiment_id for e in mlc.search_experiments()])
+            if r.data.tags.get("stage", "").startswith("prune")]
+    assert [(r.info.status, message in r.data.tags["error"]) for r in runs] == [("FAILED", True)]
+    assert mlc.get_metric_history(runs[0].info.run_id, "train.loss") == []  # failed before training
