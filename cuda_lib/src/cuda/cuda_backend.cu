@@ -3,12 +3,12 @@
 // on one stream with no host synchronisation, captured into a CUDA graph per batch shape.
 //
 // Tuning knobs read at load (documented in cuda_lib/NOTES.md, used by the GPU scripts to measure):
-//   ET_SPARSE_MAX_DENSITY  a weight is run tile-sparse when its 16x16 tile density is below this
+//   ET_SPARSE_MAX_DENSITY  a weight is stored tiled and run tile-sparse when its 16x16 tile density is below this
 //   ET_SPARSE_MAX_ROWS     ... and the batch has at most this many token rows (larger: cuBLASLt)
 //   ET_ATTN_SHORT_MAX      longest batch sequence that uses the whole-sequence attention operator
 //   ET_POISON_WORKSPACE=1  fill the workspace with NaNs before each forward (tests catch unwritten data)
 //   ET_DENSE_TANH_GELU=1   dense FFN1 uses cuBLASLt's fused tanh-GELU epilogue instead of exact erf GELU
-//   ET_SPARSE_SHAPE        block shape of the sparse GEMM: 0 auto, 1 128x16, 2 128x8, 3 64x8, 4 64x4
+//   ET_SPARSE_BM           rows of X per block of the tile-sparse GEMM: 0 auto, 32, 64 or 128
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -30,13 +30,13 @@ namespace et {
 namespace cuda {
 namespace {
 
-constexpr double kDefaultSparseMaxDensity = 0.55;  // tiled below this density (NOTES.md "density threshold")
+// Tiled (and run by the tile-sparse kernel) below this density; not yet measured for the X-stationary
+// kernel (NOTES.md "Session 2: tile-sparse kernel rewrite"); its prediction puts the crossover with cuBLASLt near 0.4-0.5.
+constexpr double kDefaultSparseMaxDensity = 0.4;
 constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
 constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)
-// Measured on an H100 (NOTES.md "density threshold"): the tile-sparse kernel is slower than cuBLASLt
-// on the zero-filled weights at every density 0.1-0.7 and batch 1-32 x 128, so by default no batch
-// takes it; ET_SPARSE_MAX_ROWS opts in.
-constexpr int64_t kDefaultSparseMaxRows = 0;
+// Every batch size takes the tile-sparse kernel for a tiled weight; ET_SPARSE_MAX_ROWS caps it.
+constexpr int64_t kDefaultSparseMaxRows = INT64_MAX;
 constexpr size_t kMaxGraphs = 16;
 
 // An owned device allocation.
@@ -119,27 +119,13 @@ double env_number(const char* name, double fallback) {
   return v;
 }
 
-struct DeviceGroups {
-  DeviceBuffer ptr, col, tile;
-  DeviceTileGroups view(const TileGroups& g) const {
-    return DeviceTileGroups{static_cast<int>(g.ptr.size()) - 1, ptr.as<int32_t>(), col.as<int32_t>(),
-                            tile.as<int32_t>()};
-  }
-};
-
-DeviceGroups upload_groups(const TileGroups& g) {
-  return DeviceGroups{upload(g.ptr.data(), g.ptr.size()), upload(g.col.data(), g.col.size()),
-                      upload(g.tile.data(), g.tile.size())};
-}
-
 template <typename T>
 struct DeviceLinear {
   int n = 0, k = 0;
   bool sparse = false;
   DeviceBuffer weight;  // dense [n, k]
-  DeviceBuffer tiles;   // the kept tiles, when sparse
+  DeviceBuffer tiles, row_ptr, tile_col;  // the kept tiles and their CSR, when sparse
   DeviceBuffer bias;
-  DeviceGroups g4, g8, g16;
   DeviceSparseWeight sw;
 
   explicit DeviceLinear(const PreparedLinear& p) : n(p.n), k(p.k), sparse(p.sparse) {
@@ -147,10 +133,9 @@ struct DeviceLinear {
     weight = upload_as<T>(p.dense);
     if (!sparse) return;
     tiles = upload_as<T>(p.tiles);
-    g4 = upload_groups(p.groups4);
-    g8 = upload_groups(p.groups8);
-    g16 = upload_groups(p.groups16);
-    sw = DeviceSparseWeight{n, k, tiles.as<void>(), g4.view(p.groups4), g8.view(p.groups8), g16.view(p.groups16)};
+    row_ptr = upload(p.row_ptr.data(), p.row_ptr.size());
+    tile_col = upload(p.tile_col.data(), p.tile_col.size());
+    sw = DeviceSparseWeight{n, k, tiles.as<void>(), row_ptr.as<int32_t>(), tile_col.as<int32_t>()};
   }
 };
 
@@ -205,13 +190,15 @@ class CudaEngine final : public Backend {
     check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
     name_ = prop.name;
     num_sms_ = prop.multiProcessorCount;
+    sparse_dev_ = SparseDevice{num_sms_, static_cast<int>(prop.sharedMemPerBlockOptin)};
     short_max_ = static_cast<int>(env_number("ET_ATTN_SHORT_MAX", kDefaultShortMax));
     poison_ = env_number("ET_POISON_WORKSPACE", 0) != 0;
-    const int shape = static_cast<int>(env_number("ET_SPARSE_SHAPE", 0));
-    if (shape < 0 || shape > static_cast<int>(SparseShape::k64x4))
-      throw Error(ET_ERR_INVALID_ARGUMENT, "ET_SPARSE_SHAPE must be 0 (auto), 1, 2, 3 or 4");
-    sparse_shape_ = static_cast<SparseShape>(shape);
-    sparse_max_rows_ = static_cast<int64_t>(env_number("ET_SPARSE_MAX_ROWS", kDefaultSparseMaxRows));
+    sparse_bm_ = static_cast<int>(env_number("ET_SPARSE_BM", 0));
+    if (sparse_bm_ != 0 && sparse_bm_ != 32 && sparse_bm_ != 64 && sparse_bm_ != 128)
+      throw Error(ET_ERR_INVALID_ARGUMENT, "ET_SPARSE_BM must be 0 (auto), 32, 64 or 128");
+    const double max_rows = env_number("ET_SPARSE_MAX_ROWS", static_cast<double>(kDefaultSparseMaxRows));
+    sparse_max_rows_ = max_rows >= static_cast<double>(kDefaultSparseMaxRows) ? kDefaultSparseMaxRows
+                                                                               : static_cast<int64_t>(max_rows);
     const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
     const bool tanh_gelu = env_number("ET_DENSE_TANH_GELU", 0) != 0;
     const int gemm_tune = static_cast<int>(env_number("ET_GEMM_TUNE", kDefaultGemmTune));
@@ -370,7 +357,7 @@ class CudaEngine final : public Backend {
 
   void linear(const DeviceLinear<T>& l, const T* x, int m, const T* residual, T* y, Epilogue epi) {
     if (l.sparse && m <= sparse_max_rows_)
-      sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, num_sms_, sparse_shape_, stream_);
+      sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, sparse_dev_, sparse_bm_, stream_);
     else
       gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi, stream_);
   }
@@ -451,9 +438,10 @@ class CudaEngine final : public Backend {
   int device_;
   std::string name_;
   int num_sms_ = 0;
+  SparseDevice sparse_dev_;
   int short_max_ = kDefaultShortMax;
   bool poison_ = false;
-  SparseShape sparse_shape_ = SparseShape::kAuto;
+  int sparse_bm_ = 0;  // 0: chosen per batch
   int64_t sparse_max_rows_ = kDefaultSparseMaxRows;
   PreparedModel prepared_;
   cudaStream_t stream_ = nullptr;

@@ -11,26 +11,25 @@
 namespace et::cuda {
 
 // A tile-sparse weight on the device (see prepare.h for the layout).
-struct DeviceTileGroups {
-  int groups = 0;
-  const int32_t* ptr = nullptr;
-  const int32_t* col = nullptr;
-  const int32_t* tile = nullptr;
-};
 struct DeviceSparseWeight {
   int n = 0;
   int k = 0;
-  const void* tiles = nullptr;  // [kept][32 lanes][8 elements]
-  DeviceTileGroups g4, g8, g16;
+  const void* tiles = nullptr;        // [kept][32 lanes][8 elements], in CSR order
+  const int32_t* row_ptr = nullptr;   // [n / 16 + 1]
+  const int32_t* tile_col = nullptr;  // [kept]
 };
 
-// Thread-block shape of the sparse GEMM: rows of X x tile rows of W.
-enum class SparseShape : int { kAuto = 0, k128x16, k128x8, k64x8, k64x4 };
+// What the tile-sparse GEMM needs to know about the GPU to size its grid.
+struct SparseDevice {
+  int num_sms = 0;
+  int max_smem_per_block = 0;  // opt-in maximum of dynamic shared memory per block, bytes
+};
 
 // Y[M, n] = epilogue(X[M, k] . W^T + bias (+ residual)); X, Y, residual row-major with ld k / n / n.
+// block_rows: rows of X per thread block (32, 64 or 128), or 0 to choose by M.
 template <typename T>
 void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, int num_sms, SparseShape shape, cudaStream_t stream);
+                 Epilogue epi, const SparseDevice& dev, int block_rows, cudaStream_t stream);
 
 // Per computed head of a layer (device copy of prepare.h's HeadSlot).
 struct DeviceHeads {

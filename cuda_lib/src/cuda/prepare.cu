@@ -24,35 +24,6 @@ bool col_nonzero(const std::vector<float>& w, int rows, int cols, int c) {
   return false;
 }
 
-TileGroups make_groups(const std::vector<std::vector<std::pair<int, int>>>& row_tiles, int r_per_group) {
-  TileGroups g;
-  g.rows_per_group = r_per_group;
-  const int tile_rows = static_cast<int>(row_tiles.size());
-  g.ptr.push_back(0);
-  for (int first = 0; first < tile_rows; first += r_per_group) {
-    std::vector<int> cols;
-    for (int r = first; r < std::min(first + r_per_group, tile_rows); ++r)
-      for (const auto& ct : row_tiles[r]) cols.push_back(ct.first);
-    std::sort(cols.begin(), cols.end());
-    cols.erase(std::unique(cols.begin(), cols.end()), cols.end());
-    const size_t padded = static_cast<size_t>(round_up(static_cast<int>(cols.size()), kStageCols));
-    for (size_t e = 0; e < padded; ++e) {
-      const int c = e < cols.size() ? cols[e] : -1;
-      g.col.push_back(c);
-      for (int rr = 0; rr < r_per_group; ++rr) {
-        int tile = -1;
-        const int r = first + rr;
-        if (c >= 0 && r < tile_rows)
-          for (const auto& ct : row_tiles[r])
-            if (ct.first == c) tile = ct.second;
-        g.tile.push_back(tile);
-      }
-    }
-    g.ptr.push_back(static_cast<int32_t>(g.col.size()));
-  }
-  return g;
-}
-
 }  // namespace
 
 std::vector<float> dense_weight(const Linear& lin) {
@@ -110,9 +81,11 @@ PreparedLinear prepare_linear(std::vector<float> w, std::vector<float> bias, int
                 w_ref[static_cast<size_t>(tr * kTile + rows[ri]) * k + tc * kTile + cols[ci]];
       }
     }
-  p.groups4 = make_groups(row_tiles, 4);
-  p.groups8 = make_groups(row_tiles, 8);
-  p.groups16 = make_groups(row_tiles, 16);
+  p.row_ptr.assign(1, 0);
+  for (int tr = 0; tr < gr; ++tr) {
+    for (const auto& ct : row_tiles[tr]) p.tile_col.push_back(ct.first);
+    p.row_ptr.push_back(static_cast<int32_t>(p.tile_col.size()));
+  }
   return p;
 }
 

@@ -3,8 +3,8 @@
 //    change a score and the V dimensions that can change the output are kept (padded to 16 for the
 //    tensor cores); Wq/Wk/Wv become one fused [Nqkv, hidden] weight and Wo loses the matching columns;
 //  - every GEMM weight is re-cut into 16x16 tiles; a layer whose kept-tile density is below the
-//    threshold is stored as kept tiles only (CSR over tile rows, grouped R tile rows per thread block,
-//    each tile in mma-fragment order), otherwise dense for cuBLASLt.
+//    threshold is also stored as kept tiles only (CSR over tile rows, each tile in mma-fragment
+//    order), the layout of the tile-sparse GEMM.
 #pragma once
 
 #include <cstdint>
@@ -15,17 +15,6 @@
 namespace et::cuda {
 
 constexpr int kTile = 16;       // internal tile edge (one m16n8k16 k-step, two n8 fragments)
-constexpr int kStageCols = 4;   // union tile columns per pipeline stage of the sparse GEMM
-
-// Tile rows of a sparse weight grouped R at a time (one thread block's output columns).
-// For group g, entries ptr[g]..ptr[g+1] (a multiple of kStageCols) list the union of kept tile
-// columns of its R tile rows (col = -1 for padding) and, per entry, R tile indices (-1 = removed).
-struct TileGroups {
-  int rows_per_group = 0;
-  std::vector<int32_t> ptr;   // [groups + 1]
-  std::vector<int32_t> col;   // [entries]
-  std::vector<int32_t> tile;  // [entries * rows_per_group]
-};
 
 // One GEMM weight W [n, k] (y = x W^T + b).
 struct PreparedLinear {
@@ -36,8 +25,11 @@ struct PreparedLinear {
   int64_t total_tiles = 0;
   bool sparse = false;
   std::vector<float> dense;    // [n * k] row-major (sparse weights too: cuBLASLt serves large batches)
-  std::vector<float> tiles;    // [kept_tiles][32 lanes][8], mma B-fragment order, when sparse
-  TileGroups groups4, groups8, groups16;  // when sparse: R = 4, 8, 16 tile rows per block
+  // When sparse: CSR over the n/16 tile rows. Tile row r keeps the tiles row_ptr[r]..row_ptr[r+1]-1
+  // (in ascending tile column tile_col[i]); tile i is tiles[i], in mma B-fragment order.
+  std::vector<int32_t> row_ptr;   // [n / 16 + 1]
+  std::vector<int32_t> tile_col;  // [kept_tiles]
+  std::vector<float> tiles;       // [kept_tiles][32 lanes][8]
 
   double density() const { return total_tiles ? double(kept_tiles) / double(total_tiles) : 1.0; }
 };

@@ -1,192 +1,248 @@
-// Tile-sparse GEMM on tensor cores: Y = epilogue(X . W^T + b), W kept as 16x16 tiles only.
+// Tile-sparse GEMM on tensor cores: Y = epilogue(X . W^T + b), W kept as 16x16 tiles only (CSR over
+// tile rows, each tile in mma B-fragment order; see prepare.h).
 //
-// A thread block owns BM rows of X and one group of R tile rows of W (R*16 output columns); it walks
-// the union of the group's kept tile columns, kStageCols at a time, through a cp.async pipeline
-// (X slices and the kept tiles into shared memory). Warps form a WM x WN grid: each owns BM/WM rows
-// and two tile rows, and issues mma.sync only for the tiles its tile rows keep, so the work of a
-// removed tile is skipped. Bias, bias+GELU(erf) or bias+residual are applied before the store.
+// X-stationary and barrier-free per warp. A thread block owns BM rows of X and a slab of W's tile
+// rows (tile rows slab, slab + S, slab + 2S, ... for S = gridDim.y slabs). It copies its BM rows of X
+// into shared memory once; then every warp walks its own tile rows (round robin over the slab) with
+// no block barrier: per kept tile one 16-byte load per lane of the pre-arranged W tile (issued
+// kPrefetch tiles ahead), BM/16 ldmatrix.x4 of the X fragments under the tile's 16 columns and
+// 2 x BM/16 mma.sync.m16n8k16; the epilogue (bias, bias+GELU(erf) or bias+residual) then writes the
+// tile row's 16 output columns. Only kept tiles are loaded or multiplied.
+// When BM rows of the whole K do not fit into shared memory, K is cut into chunks of chunk_tiles
+// tile columns: every warp then owns its tile row for the whole block (the host makes the slab at
+// most one tile row per warp) and a block barrier separates the chunks.
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <string>
+
 #include "kernels.h"
 #include "prepare.h"
 
 namespace et::cuda {
 namespace {
 
-constexpr int kStages = 3;
-constexpr int kXPad = 8;                              // elements of padding per X row (bank conflicts)
-constexpr int kXRow = kStageCols * kTile + kXPad;     // X row length in shared memory
+constexpr int kPrefetch = 4;               // W tiles in flight per warp
+constexpr int kXPad = 8;                   // elements of padding per X row: conflict-free ldmatrix
+constexpr int kTwoPerSmSmem = 100 * 1024;  // shared memory of a block when two share an SM (H100, A100)
 
-template <int BM, int WM, int WN>
-struct SparseCfg {
-  static constexpr int kWarps = WM * WN;
-  static constexpr int kThreads = kWarps * 32;
-  static constexpr int kR = WN * 2;                   // tile rows per block
-  static constexpr int kMT = BM / WM / 16;            // m16 fragments per warp
-  static constexpr int kXStage = BM * kXRow;          // elements
-  static constexpr int kWStage = kR * kStageCols * 256;
-  static constexpr int kSmemBytes = kStages * (kXStage + kWStage) * 2;  // + the group's index lists
-  static int smem_bytes(int k) { return kSmemBytes + ((k / kTile + kStageCols) / kStageCols) * kStageCols * (kR + 1) * 4; }
-};
+// Shared memory of a block holding rows x cols elements of X (rows padded by kXPad).
+template <typename T>
+constexpr int x_smem_bytes(int rows, int cols) {
+  return rows * (cols + kXPad) * static_cast<int>(sizeof(T));
+}
 
-template <typename T, int BM, int WM, int WN>
-__global__ void __launch_bounds__(SparseCfg<BM, WM, WN>::kThreads, 1)
-    tile_sparse_gemm_kernel(const T* __restrict__ x, int m, int k, const uint4* __restrict__ tiles,
-                            const int32_t* __restrict__ gptr, const int32_t* __restrict__ gcol,
-                            const int32_t* __restrict__ gtile, const T* __restrict__ bias,
-                            const T* __restrict__ residual, T* __restrict__ y, int n, int epi) {
-  using Cfg = SparseCfg<BM, WM, WN>;
-  constexpr int R = Cfg::kR;
+template <typename T, int BM, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
+    tile_sparse_gemm_kernel(const T* __restrict__ x, int m, int k, int chunk_tiles, const uint4* __restrict__ tiles,
+                            const int32_t* __restrict__ row_ptr, const int32_t* __restrict__ tile_col,
+                            const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y, int n,
+                            int epi) {
+  constexpr int kMT = BM / 16;                  // m16 fragments per warp
+  constexpr int kLdGroup = kMT < 4 ? kMT : 4;  // X fragments held in registers at once
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sx = reinterpret_cast<T*>(smem_raw);
-  uint4* sw = reinterpret_cast<uint4*>(sx + kStages * Cfg::kXStage);
-  int32_t* scol = reinterpret_cast<int32_t*>(sw + kStages * (Cfg::kWStage / 8));  // the group's entries
-  int32_t* stile = scol + ((k / kTile + kStageCols) / kStageCols) * kStageCols;
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wm = warp / WN, wn = warp % WN;
-  const int group = blockIdx.y;
+  T* sx = reinterpret_cast<T*>(smem_raw);  // [BM][ld]: the block's X rows of the current K chunk
+  const int ld = chunk_tiles * kTile + kXPad;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int m0 = blockIdx.x * BM;
-  const int e_begin = gptr[group];
-  const int n_entries = gptr[group + 1] - e_begin;
-  const int n_stages = n_entries / kStageCols;
-  // The index lists go to shared memory once, so no global load sits on the pipeline's critical path.
-  for (int i = tid; i < n_entries; i += Cfg::kThreads) scol[i] = gcol[e_begin + i];
-  for (int i = tid; i < n_entries * R; i += Cfg::kThreads) stile[i] = gtile[static_cast<size_t>(e_begin) * R + i];
-  __syncthreads();
+  const int slabs = gridDim.y, slab = blockIdx.y;
+  const int tile_rows = n / kTile, tile_cols = k / kTile;
+  const int slab_rows = (tile_rows - slab + slabs - 1) / slabs;
+  const int n_chunks = (tile_cols + chunk_tiles - 1) / chunk_tiles;
 
-  auto load_stage = [&](int s, int buf) {
-    const int e0 = s * kStageCols;
-    T* dx = sx + buf * Cfg::kXStage;
-    for (int c = tid; c < BM * kStageCols * 2; c += Cfg::kThreads) {
-      const int row = c / (kStageCols * 2), rest = c % (kStageCols * 2);
-      const int sc = rest / 2, half = rest % 2;
-      const int col = scol[e0 + sc];
-      const bool ok = col >= 0 && m0 + row < m;
-      const T* src = ok ? x + static_cast<size_t>(m0 + row) * k + col * kTile + half * 8 : x;
-      cp_async16(dx + row * kXRow + sc * kTile + half * 8, src, ok);
+  // X[m0 .. m0 + BM, chunk c] -> sx (rows past m zero-filled), visible to the whole block on return.
+  auto load_chunk = [&](int c) {
+    const int ct0 = c * chunk_tiles;
+    const int segs = min(chunk_tiles, tile_cols - ct0) * 2;  // 16-byte segments per row
+    for (int i = threadIdx.x; i < BM * segs; i += WARPS * 32) {
+      const int row = i / segs, seg = i - row * segs;
+      const bool ok = m0 + row < m;
+      const T* src = ok ? x + static_cast<size_t>(m0 + row) * k + ct0 * kTile + seg * 8 : x;
+      cp_async16(sx + row * ld + seg * 8, src, ok);
     }
-    uint4* dw = sw + buf * (Cfg::kWStage / 8);
-    for (int c = tid; c < kStageCols * R * 32; c += Cfg::kThreads) {
-      const int slot = c / 32, l = c % 32;  // slot = sc * R + r
-      const int t = stile[e0 * R + slot];
-      if (t >= 0) cp_async16(dw + slot * 32 + l, tiles + static_cast<size_t>(t) * 32 + l, true);
-    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
   };
 
-  float acc[Cfg::kMT][4][4];
-#pragma unroll
-  for (int i = 0; i < Cfg::kMT; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+  if (n_chunks == 1) load_chunk(0);
+  // ldmatrix.x4 addresses: lanes 0-15 point at rows 0-15 of the k-columns 0-7, lanes 16-31 at 8-15.
+  const T* lane_x = sx + (lane & 15) * ld + (lane >> 4) * 8;
+  const int g = lane >> 2, t = lane & 3;  // accumulator fragment: rows g, g + 8; columns 2t, 2t + 1
 
+  for (int base = 0; base < slab_rows; base += WARPS) {
+    const int i = base + warp;
+    const bool active = i < slab_rows;
+    const int tr = slab + i * slabs;
+    const int end = active ? row_ptr[tr + 1] : 0;
+    int next = active ? row_ptr[tr] : 0;  // next kept tile to fetch
+
+    // Ring of the next kPrefetch kept tiles of the tile row (column INT_MAX: none left).
+    uint4 wq[kPrefetch];
+    int cq[kPrefetch];
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < n_stages) load_stage(s, s);
-    cp_async_commit();
-  }
-  for (int s = 0; s < n_stages; ++s) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();
-    if (s + kStages - 1 < n_stages) load_stage(s + kStages - 1, (s + kStages - 1) % kStages);
-    cp_async_commit();
-    const int buf = s % kStages;
-    const T* bx = sx + buf * Cfg::kXStage;
-    const uint4* bw = sw + buf * (Cfg::kWStage / 8);
-    const int e0 = s * kStageCols;
+    for (int p = 0; p < kPrefetch; ++p) {
+      wq[p] = make_uint4(0, 0, 0, 0);
+      cq[p] = INT_MAX;
+      if (next < end) {
+        wq[p] = __ldg(tiles + static_cast<size_t>(next) * 32 + lane);
+        cq[p] = __ldg(tile_col + next);
+        ++next;
+      }
+    }
+
+    float acc[kMT][2][4];
 #pragma unroll
-    for (int sc = 0; sc < kStageCols; ++sc) {
-      const int t0 = stile[(e0 + sc) * R + wn * 2];
-      const int t1 = stile[(e0 + sc) * R + wn * 2 + 1];
-      if (t0 < 0 && t1 < 0) continue;
-      const uint4 b0 = bw[(sc * R + wn * 2) * 32 + lane];
-      const uint4 b1 = bw[(sc * R + wn * 2 + 1) * 32 + lane];
+    for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int mt = 0; mt < Cfg::kMT; ++mt) {
-        uint32_t a[4];
-        const int row = wm * (BM / WM) + mt * 16 + (lane & 15);
-        ldmatrix_x4(a, bx + row * kXRow + sc * kTile + (lane >> 4) * 8);
-        if (t0 >= 0) {
-          mma16816<T>(acc[mt][0], a, b0.x, b0.y);
-          mma16816<T>(acc[mt][1], a, b0.z, b0.w);
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[mt][j][q] = 0.0f;
+
+    for (int c = 0; c < n_chunks; ++c) {
+      if (n_chunks > 1) {
+        if (c > 0 || base > 0) __syncthreads();  // every warp is done with the previous chunk
+        load_chunk(c);
+      }
+      const int ct0 = c * chunk_tiles;
+      const int ct1 = min(ct0 + chunk_tiles, tile_cols);
+      while (cq[0] < ct1) {  // the tile row's kept tiles in this chunk, in column order
+        const T* xs = lane_x + (cq[0] - ct0) * kTile;
+        const uint4 w = wq[0];
+#pragma unroll
+        for (int mt0 = 0; mt0 < kMT; mt0 += kLdGroup) {  // ldmatrix a group of fragments, then their MMAs
+          uint32_t a[kLdGroup][4];
+#pragma unroll
+          for (int i = 0; i < kLdGroup; ++i) ldmatrix_x4(a[i], xs + (mt0 + i) * 16 * ld);
+#pragma unroll
+          for (int i = 0; i < kLdGroup; ++i) {
+            mma16816<T>(acc[mt0 + i][0], a[i], w.x, w.y);
+            mma16816<T>(acc[mt0 + i][1], a[i], w.z, w.w);
+          }
         }
-        if (t1 >= 0) {
-          mma16816<T>(acc[mt][2], a, b1.x, b1.y);
-          mma16816<T>(acc[mt][3], a, b1.z, b1.w);
+#pragma unroll
+        for (int p = 0; p + 1 < kPrefetch; ++p) {
+          wq[p] = wq[p + 1];
+          cq[p] = cq[p + 1];
+        }
+        cq[kPrefetch - 1] = INT_MAX;
+        if (next < end) {
+          wq[kPrefetch - 1] = __ldg(tiles + static_cast<size_t>(next) * 32 + lane);
+          cq[kPrefetch - 1] = __ldg(tile_col + next);
+          ++next;
         }
       }
     }
-  }
-  cp_async_wait<0>();
+    if (!active) continue;
 
-  const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int col = (group * R + wn * 2 + j / 2) * kTile + (j % 2) * 8 + 2 * t;
-    if (col >= n) continue;
-    const float2 b = Elem<T>::unpack2(*reinterpret_cast<const uint32_t*>(bias + col));
+    for (int j = 0; j < 2; ++j) {
+      const int col = tr * kTile + j * 8 + 2 * t;
+      const float2 b = Elem<T>::unpack2(*reinterpret_cast<const uint32_t*>(bias + col));
 #pragma unroll
-    for (int mt = 0; mt < Cfg::kMT; ++mt)
+      for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int row = m0 + wm * (BM / WM) + mt * 16 + g + hh * 8;
-        if (row >= m) continue;
-        float v0 = acc[mt][j][hh * 2] + b.x, v1 = acc[mt][j][hh * 2 + 1] + b.y;
-        const size_t off = static_cast<size_t>(row) * n + col;
-        if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
-          v0 = gelu_erf(v0);
-          v1 = gelu_erf(v1);
-        } else if (epi == static_cast<int>(Epilogue::kBiasResidual)) {
-          const float2 r = Elem<T>::unpack2(*reinterpret_cast<const uint32_t*>(residual + off));
-          v0 += r.x;
-          v1 += r.y;
+        for (int hh = 0; hh < 2; ++hh) {
+          const int row = m0 + mt * 16 + g + hh * 8;
+          if (row >= m) continue;
+          float v0 = acc[mt][j][hh * 2] + b.x, v1 = acc[mt][j][hh * 2 + 1] + b.y;
+          const size_t off = static_cast<size_t>(row) * n + col;
+          if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
+            v0 = gelu_erf(v0);
+            v1 = gelu_erf(v1);
+          } else if (epi == static_cast<int>(Epilogue::kBiasResidual)) {
+            const float2 r = Elem<T>::unpack2(*reinterpret_cast<const uint32_t*>(residual + off));
+            v0 += r.x;
+            v1 += r.y;
+          }
+          *reinterpret_cast<uint32_t*>(y + off) = Elem<T>::pack2(v0, v1);
         }
-        *reinterpret_cast<uint32_t*>(y + off) = Elem<T>::pack2(v0, v1);
-      }
+    }
   }
 }
 
-template <typename T, int BM, int WM, int WN>
-void launch(const DeviceSparseWeight& w, const DeviceTileGroups& g, const T* x, int m, const T* bias,
-            const T* residual, T* y, Epilogue epi, cudaStream_t stream) {
-  using Cfg = SparseCfg<BM, WM, WN>;
-  auto kernel = tile_sparse_gemm_kernel<T, BM, WM, WN>;
-  static int attr_bytes = 0;  // the largest dynamic shared memory size allowed so far
-  const int smem = Cfg::smem_bytes(w.k);
-  if (smem > attr_bytes) {
+// Launch one configuration: chunk_tiles tile columns of X per shared-memory fill (all of K when they
+// fit), and the number of slabs that fills the GPU (single chunk) or gives each warp one tile row.
+template <typename T, int BM, int WARPS>
+void launch(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y, Epilogue epi,
+            const SparseDevice& dev, int chunk_tiles, cudaStream_t stream) {
+  auto kernel = tile_sparse_gemm_kernel<T, BM, WARPS>;
+  static std::atomic<int> attr_bytes{0};  // the largest dynamic shared memory size allowed so far
+  const int smem = x_smem_bytes<T>(BM, chunk_tiles * kTile);
+  if (smem > attr_bytes.load()) {
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
           "cudaFuncSetAttribute(tile_sparse_gemm)");
-    attr_bytes = smem;
+    attr_bytes.store(smem);
   }
-  const dim3 grid((m + BM - 1) / BM, g.groups);
-  kernel<<<grid, Cfg::kThreads, smem, stream>>>(x, m, w.k, static_cast<const uint4*>(w.tiles), g.ptr,
-                                                           g.col, g.tile, bias, residual, y, w.n,
-                                                           static_cast<int>(epi));
+  const int tile_rows = w.n / kTile;
+  const int m_blocks = (m + BM - 1) / BM;
+  int slabs = 0;
+  if (chunk_tiles * kTile >= w.k) {
+    int per_sm = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, WARPS * 32, smem),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor(tile_sparse_gemm)");
+    const long slots = static_cast<long>(std::max(per_sm, 1)) * dev.num_sms;
+    slabs = static_cast<int>(std::clamp(slots / m_blocks, 1L, static_cast<long>(tile_rows)));
+  } else {
+    slabs = (tile_rows + WARPS - 1) / WARPS;
+  }
+  const dim3 grid(m_blocks, slabs);
+  kernel<<<grid, WARPS * 32, smem, stream>>>(x, m, w.k, chunk_tiles, static_cast<const uint4*>(w.tiles), w.row_ptr,
+                                             w.tile_col, bias, residual, y, w.n, static_cast<int>(epi));
   check_launch("tile_sparse_gemm");
+}
+
+// Pick the warps per block and the K chunk for BM rows: all of K with 8 warps when two blocks fit on
+// an SM, all of K with 16 warps when only one does, else chunks of K with 8 warps and two blocks per SM.
+template <typename T, int BM>
+void launch_rows(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
+                 Epilogue epi, const SparseDevice& dev, cudaStream_t stream) {
+  const int tile_cols = w.k / kTile;
+  const int budget = std::min(kTwoPerSmSmem, dev.max_smem_per_block);
+  if (x_smem_bytes<T>(BM, w.k) <= budget) {
+    launch<T, BM, 8>(w, x, m, bias, residual, y, epi, dev, tile_cols, stream);
+  } else if (x_smem_bytes<T>(BM, w.k) <= dev.max_smem_per_block) {
+    launch<T, BM, 16>(w, x, m, bias, residual, y, epi, dev, tile_cols, stream);
+  } else {
+    const int chunk = (budget / (BM * static_cast<int>(sizeof(T))) - kXPad) / kTile;
+    launch<T, BM, 8>(w, x, m, bias, residual, y, epi, dev, chunk, stream);
+  }
+}
+
+// Rows of X per block when not forced: 32 for small batches (more blocks: a batch of 128 rows is
+// bound by the latency of each warp's chain of W tiles); otherwise 64 when BM = 64 rows of all of K
+// fit twice into an SM's shared memory (X read once per slab, two blocks per SM hide each other's X
+// fill), else 32 when 32 rows of all of K fit into one block (K = 3072 on an H100: X read once, W
+// read M/32 times from L2), else 64 with K in chunks.
+template <typename T>
+int auto_block_rows(int m, int k, const SparseDevice& dev) {
+  if (m <= 256) return 32;
+  if (x_smem_bytes<T>(64, k) <= std::min(kTwoPerSmSmem, dev.max_smem_per_block)) return 64;
+  if (x_smem_bytes<T>(32, k) <= dev.max_smem_per_block) return 32;
+  return 64;
 }
 
 }  // namespace
 
-// Block shapes (rows of X x tile rows of W). Larger blocks re-read X less often but leave fewer,
-// fatter blocks whose pipeline stalls are harder to hide; the kernel is latency-bound when sparse
-// (NOTES.md), so the default takes 64 x 8 when that still gives every SM two blocks, else 64 x 4.
 template <typename T>
 void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, int num_sms, SparseShape shape, cudaStream_t stream) {
-  if (shape == SparseShape::kAuto)
-    shape = static_cast<long>((m + 63) / 64) * w.g8.groups >= 2L * num_sms ? SparseShape::k64x8 : SparseShape::k64x4;
-  switch (shape) {
-    case SparseShape::k128x16: launch<T, 128, 2, 8>(w, w.g16, x, m, bias, residual, y, epi, stream); break;
-    case SparseShape::k128x8: launch<T, 128, 2, 4>(w, w.g8, x, m, bias, residual, y, epi, stream); break;
-    case SparseShape::k64x8: launch<T, 64, 2, 4>(w, w.g8, x, m, bias, residual, y, epi, stream); break;
-    default: launch<T, 64, 2, 2>(w, w.g4, x, m, bias, residual, y, epi, stream); break;
+                 Epilogue epi, const SparseDevice& dev, int block_rows, cudaStream_t stream) {
+  if (m <= 0) return;
+  if (block_rows == 0) block_rows = auto_block_rows<T>(m, w.k, dev);
+  switch (block_rows) {
+    case 32: launch_rows<T, 32>(w, x, m, bias, residual, y, epi, dev, stream); break;
+    case 64: launch_rows<T, 64>(w, x, m, bias, residual, y, epi, dev, stream); break;
+    case 128: launch_rows<T, 128>(w, x, m, bias, residual, y, epi, dev, stream); break;
+    default:
+      throw Error(ET_ERR_INVALID_ARGUMENT,
+                  "tile-sparse GEMM: block rows must be 32, 64 or 128, not " + std::to_string(block_rows));
   }
 }
 
 template void sparse_gemm<__half>(const DeviceSparseWeight&, const __half*, int, const __half*, const __half*,
-                                  __half*, Epilogue, int, SparseShape, cudaStream_t);
+                                  __half*, Epilogue, const SparseDevice&, int, cudaStream_t);
 template void sparse_gemm<__nv_bfloat16>(const DeviceSparseWeight&, const __nv_bfloat16*, int,
                                          const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, Epilogue,
-                                         int, SparseShape, cudaStream_t);
+                                         const SparseDevice&, int, cudaStream_t);
 
 }  // namespace et::cuda
