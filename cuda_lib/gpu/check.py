@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ["ET_POISON_WORKSPACE"] = "1"  # read by the engine at load
-# Pruned layers run through the tile-sparse kernel at every batch size (by default cuBLASLt serves
-# them, being faster on an H100): the check covers both GEMM paths.
+# Every pruned layer (tile density below 1) is stored tiled and runs through the tile-sparse kernel at
+# every batch size; unpruned layers go through cuBLASLt: the check covers both GEMM paths.
+os.environ["ET_SPARSE_MAX_DENSITY"] = "1.0"
 os.environ["ET_SPARSE_MAX_ROWS"] = "1000000000"
 
 import numpy as np  # noqa: E402
@@ -50,6 +51,7 @@ class Case:
     batches: list[list[int]] = field(default_factory=list)  # lengths of each batch to run
     precision: str = "fp16"
     cpu: bool = False        # also compare with the CPU backend
+    sparse_bm: str = "0"     # ET_SPARSE_BM: rows of X per block of the tile-sparse kernel (0 = auto)
     vocab: int = 2000
 
 
@@ -69,6 +71,9 @@ def cases(rng: np.random.Generator) -> list[Case]:
         Case("base 80% +heads +dims", "bert-base", 0.2, 0.25, 0.25, batches=[r(32, 16, 128), [512, 300, 17]],
              cpu=True),
         Case("base 95% +heads", "bert-base", 0.05, 0.5, 0.0, batches=[r(16, 1, 200)]),
+        Case("base 80% sparse BM 128", "bert-base", 0.2, 0.25, 0.25, batches=[[77], r(24, 1, 160)], sparse_bm="128"),
+        Case("base 60% sparse BM 64", "bert-base", 0.4, 0.0, 0.25, batches=[[1], r(3, 1, 90)], sparse_bm="64"),
+        Case("base 80% sparse BM 32", "bert-base", 0.2, 0.0, 0.0, batches=[r(20, 1, 128)], sparse_bm="32"),
         Case("base 30%", "bert-base", 0.7, 0.0, 0.0, batches=[r(24, 1, 256)]),
         Case("large dense", "bert-large", 1.0, batches=[[512, 271], r(128, 1, 128)]),
         Case("large 60% +heads", "bert-large", 0.4, 0.25, 0.1, batches=[r(8, 1, 512)]),
@@ -111,6 +116,7 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
     model16 = copy.deepcopy(model).half().to(device) if case.precision == "fp16" else None  # torch's own fp16 error
     model64 = model.double().to(device)
     rows = []
+    os.environ["ET_SPARSE_BM"] = case.sparse_bm  # read at load
     with Engine(lib, manifest, backend="cuda", precision=case.precision) as eng:
         cpu = Engine(lib, manifest, backend="cpu") if case.cpu else None
         try:

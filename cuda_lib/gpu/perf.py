@@ -8,7 +8,7 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   sparse       80% tile sparsity (random 16x16 tiles in every encoder linear) vs our dense
   ragged       lengths U[16, 128], batch 32: padding-free vs padded
   density      sparse kernel vs cuBLASLt on the same pruned model at several densities (the
-               ET_SPARSE_MAX_DENSITY threshold), and the sparse kernel's block shape (ET_SPARSE_SHAPE)
+               ET_SPARSE_MAX_DENSITY threshold), and the sparse kernel's rows per block (ET_SPARSE_BM)
   untuned      the same dense/b1/ragged rows with cuBLASLt's first heuristic choice (ET_GEMM_TUNE=1)
   attention    (--attention) whole-sequence vs streaming operator by length (the ET_ATTN_SHORT_MAX switch)
 Each timing: 10 warm-up + median of 50 CUDA-event-timed runs, measured twice. Writes --json and
@@ -142,7 +142,9 @@ def main() -> int:
     # tokens: the crossover depends on the rows), and vs our dense engine
     dense_ms = p.results["dense b32 s128 (graph)"]["ms_median"]
     b8 = np.full(8, 128, np.int32)
-    for density in [float(d) for d in args.densities.split(",")]:
+    densities = [float(d) for d in args.densities.split(",")]
+    block_density = 0.2 if 0.2 in densities else min(densities)  # where the block rows are compared
+    for density in densities:
         manifest = p.export(model, density, f"d{density:g}")
         for lens in (b32, b8, b1):
             fl = bench.forward_flops(DIMS, lens, False, density)
@@ -157,12 +159,13 @@ def main() -> int:
             r["speedup_vs_dense_b1"] = p.results["dense b1 s128 (graph)"]["ms_median"] / r["ms_median"]
         p.results[f"density {density:g} default b32 s128"]["speedup_vs_dense"] = \
             dense_ms / p.results[f"density {density:g} default b32 s128"]["ms_median"]
-        if density == min(float(d) for d in args.densities.split(",")):  # block shape of the sparse GEMM
-            for code, shape in (("1", "128x16"), ("2", "128x8"), ("3", "64x8"), ("4", "64x4")):
-                with env(ET_SPARSE_MAX_DENSITY="2", ET_SPARSE_MAX_ROWS="1000000000", ET_SPARSE_SHAPE=code), \
+        if density == block_density:  # rows of X per block of the sparse GEMM (auto: 64 / 32 by layer and batch)
+            for bm in ("32", "64", "128"):
+                with env(ET_SPARSE_MAX_DENSITY="2", ET_SPARSE_MAX_ROWS="1000000000", ET_SPARSE_BM=bm), \
                         Engine(p.lib, manifest, backend="cuda") as eng:
-                    p.record(f"density {density:g} tile-sparse block {shape} b32", p.engine_ms(eng, b32),
-                             bench.forward_flops(DIMS, b32, False, density))
+                    for lens in (b32, b1):
+                        p.record(f"density {density:g} tile-sparse BM {bm} b{lens.size}", p.engine_ms(eng, lens),
+                                 bench.forward_flops(DIMS, lens, False, density))
 
     # PyTorch peers at the headline shape
     inputs = [bench.padded_inputs(*bench.random_batch(p.rng, b32, model.config.vocab_size), b32, "cuda")
