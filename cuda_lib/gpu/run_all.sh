@@ -8,6 +8,9 @@
 #   bench     python -m pipeline_steps.bench --standalone (writes BENCHMARKS.md; outputs tarred)
 #   benchsmoke  the same on a tiny grid
 #   prune     scripts/gpu_prune_check.py, when present
+#   pipeline  the whole Snakemake DAG on the carried fp16 MiniLM, default sweep (run minilm-gpu), then an
+#             ADMM run (minilm-gpu-admm) if time is left; results tarred (cuda_lib/gpu/pipeline_gpu.sh)
+# Packages the image lacks: .gpusite/site-cp312.tar.xz (cuda_lib/gpu/pack_site.sh) or wheels in .whl/.
 # Usage, from the repository root:  cuda_lib/gpu/run_all.sh check sanitize perf
 set -u -o pipefail
 OUT=${OUT:-/tmp/et-gpu-out}
@@ -16,7 +19,10 @@ export PYTHONUNBUFFERED=1
 ROOT=$(pwd)
 SUMMARY=()
 
-if compgen -G ".whl/*.whl" >/dev/null; then  # packages the GPU image lacks (cffi, jsonschema, ...)
+if [ -f .gpusite/site-cp312.tar.xz ]; then  # packages the GPU image lacks, packed by cuda_lib/gpu/pack_site.sh
+  mkdir -p /tmp/site && tar -C /tmp/site -xJf .gpusite/site-cp312.tar.xz || { echo "site unpack failed"; exit 1; }
+  export PYTHONPATH=/tmp/site
+elif compgen -G ".whl/*.whl" >/dev/null; then  # packages the GPU image lacks (cffi, jsonschema, ...)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "wheel install failed"; exit 1; }
   export PYTHONPATH=/tmp/site
@@ -42,11 +48,14 @@ print(os.path.dirname(os.path.dirname(hits[0])) if hits else '')")
 fi
 BUILD=/tmp/et-build
 t0=$(date +%s)
-if ! { cmake -S cuda_lib -B "$BUILD" -G Ninja -DET_CUDA=ON -DCMAKE_BUILD_TYPE=Release $CUBLAS_ARG \
+if [ "$*" = pipeline ]; then
+  :  # the pipeline's build_lib stage builds libet itself
+elif ! { cmake -S cuda_lib -B "$BUILD" -G Ninja -DET_CUDA=ON -DCMAKE_BUILD_TYPE=Release $CUBLAS_ARG \
        && cmake --build "$BUILD" -j 16; } > /tmp/et-build.log 2>&1; then
   cp /tmp/et-build.log "$OUT/build.log"; tail -40 /tmp/et-build.log; echo "BUILD FAILED"; exit 1
+else
+  echo "build: $(( $(date +%s) - t0 )) s"
 fi
-echo "build: $(( $(date +%s) - t0 )) s"
 LIB=$BUILD/libet.so
 EXE=$BUILD/et_infer
 
@@ -135,6 +144,9 @@ for s in "$@"; do
     prune)
       if [ -f scripts/gpu_prune_check.py ]; then step prune 300 python3 scripts/gpu_prune_check.py
       else SUMMARY+=("prune: scripts/gpu_prune_check.py not in the repository"); fi ;;
+    pipeline)  # its own time limits inside (PIPELINE_LIMIT: seconds for both runs, default 560)
+      bash cuda_lib/gpu/pipeline_gpu.sh "${PIPELINE_LIMIT:-560}" 2>&1 | tee "$OUT/pipeline.log"
+      SUMMARY+=("pipeline: rc=${PIPESTATUS[0]}") ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
