@@ -22,7 +22,6 @@
 namespace et::cuda {
 namespace {
 
-constexpr int kPrefetch = 4;               // W tiles in flight per warp
 constexpr int kXPad = 8;                   // elements of padding per X row: conflict-free ldmatrix
 constexpr int kTwoPerSmSmem = 100 * 1024;  // shared memory of a block when two share an SM (H100, A100)
 
@@ -40,6 +39,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
                             int epi) {
   constexpr int kMT = BM / 16;                  // m16 fragments per warp
   constexpr int kLdGroup = kMT < 4 ? kMT : 4;  // X fragments held in registers at once
+  // W tiles in flight per warp: deeper for BM = 32, whose few MMAs per tile cover less L2 latency.
+  constexpr int kPrefetch = BM <= 32 ? 8 : 4;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sx = reinterpret_cast<T*>(smem_raw);  // [BM][ld]: the block's X rows of the current K chunk
   const int ld = chunk_tiles * kTile + kXPad;
@@ -50,8 +51,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
   const int slab_rows = (tile_rows - slab + slabs - 1) / slabs;
   const int n_chunks = (tile_cols + chunk_tiles - 1) / chunk_tiles;
 
-  // X[m0 .. m0 + BM, chunk c] -> sx (rows past m zero-filled), visible to the whole block on return.
-  auto load_chunk = [&](int c) {
+  // Start copying X[m0 .. m0 + BM, chunk c] -> sx (rows past m zero-filled); wait_chunk completes it.
+  auto issue_chunk = [&](int c) {
     const int ct0 = c * chunk_tiles;
     const int segs = min(chunk_tiles, tile_cols - ct0) * 2;  // 16-byte segments per row
     for (int i = threadIdx.x; i < BM * segs; i += WARPS * 32) {
@@ -61,11 +62,13 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
       cp_async16(sx + row * ld + seg * 8, src, ok);
     }
     cp_async_commit();
+  };
+  auto wait_chunk = [] {  // the issued chunk is in shared memory and visible to the whole block
     cp_async_wait<0>();
     __syncthreads();
   };
 
-  if (n_chunks == 1) load_chunk(0);
+  if (n_chunks == 1) issue_chunk(0);  // all of K: filled once, completed after the first W tiles are requested
   // ldmatrix.x4 addresses: lanes 0-15 point at rows 0-15 of the k-columns 0-7, lanes 16-31 at 8-15.
   const T* lane_x = sx + (lane & 15) * ld + (lane >> 4) * 8;
   const int g = lane >> 2, t = lane & 3;  // accumulator fragment: rows g, g + 8; columns 2t, 2t + 1
@@ -91,6 +94,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
       }
     }
 
+    if (n_chunks == 1 && base == 0) wait_chunk();
+
     float acc[kMT][2][4];
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
@@ -102,7 +107,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
     for (int c = 0; c < n_chunks; ++c) {
       if (n_chunks > 1) {
         if (c > 0 || base > 0) __syncthreads();  // every warp is done with the previous chunk
-        load_chunk(c);
+        issue_chunk(c);
+        wait_chunk();
       }
       const int ct0 = c * chunk_tiles;
       const int ct1 = min(ct0 + chunk_tiles, tile_cols);
