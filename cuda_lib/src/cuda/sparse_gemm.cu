@@ -12,9 +12,11 @@
 // tile columns: every warp then owns its tile row for the whole block (the host makes the slab at
 // most one tile row per warp) and a block barrier separates the chunks.
 #include <algorithm>
-#include <atomic>
 #include <climits>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #include "kernels.h"
 #include "prepare.h"
@@ -167,27 +169,39 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
   }
 }
 
+// Allow `kernel` `smem` bytes of dynamic shared memory on the current device and return how many of its
+// blocks of `threads` fit on an SM. Cached: asked once per (device, kernel, size), in the engine's eager
+// warm-up, so nothing but launches happens while a CUDA graph is being captured.
+int prepare_kernel(const void* kernel, int threads, int smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, const void*, int>, int> blocks_per_sm;
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(device, kernel, smem);
+  if (const auto it = blocks_per_sm.find(key); it != blocks_per_sm.end()) return it->second;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+        "cudaFuncSetAttribute(tile_sparse_gemm)");
+  int n = 0;
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor(tile_sparse_gemm)");
+  blocks_per_sm.emplace(key, std::max(n, 1));
+  return std::max(n, 1);
+}
+
 // Launch one configuration: chunk_tiles tile columns of X per shared-memory fill (all of K when they
 // fit), and the number of slabs that fills the GPU (single chunk) or gives each warp one tile row.
 template <typename T, int BM, int WARPS>
 void launch(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y, Epilogue epi,
             const SparseDevice& dev, int chunk_tiles, cudaStream_t stream) {
   auto kernel = tile_sparse_gemm_kernel<T, BM, WARPS>;
-  static std::atomic<int> attr_bytes{0};  // the largest dynamic shared memory size allowed so far
   const int smem = x_smem_bytes<T>(BM, chunk_tiles * kTile);
-  if (smem > attr_bytes.load()) {
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-          "cudaFuncSetAttribute(tile_sparse_gemm)");
-    attr_bytes.store(smem);
-  }
+  const int per_sm = prepare_kernel(reinterpret_cast<const void*>(kernel), WARPS * 32, smem);
   const int tile_rows = w.n / kTile;
   const int m_blocks = (m + BM - 1) / BM;
   int slabs = 0;
   if (chunk_tiles * kTile >= w.k) {
-    int per_sm = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, WARPS * 32, smem),
-          "cudaOccupancyMaxActiveBlocksPerMultiprocessor(tile_sparse_gemm)");
-    const long slots = static_cast<long>(std::max(per_sm, 1)) * dev.num_sms;
+    const long slots = static_cast<long>(per_sm) * dev.num_sms;
     slabs = static_cast<int>(std::clamp(slots / m_blocks, 1L, static_cast<long>(tile_rows)));
   } else {
     slabs = (tile_rows + WARPS - 1) / WARPS;
