@@ -89,10 +89,18 @@ EOF
   local args=("$dir/weights.txt" "$dir" --tokens "$dir/tokens.npy" --lengths "$dir/lengths.npy" --backend cuda
               --iters 1 --warmup 0)
   local rc=0
+  # default thresholds (the 50% tiles run through cuBLASLt), then every pruned layer tile-sparse with the
+  # automatic block rows (32 packed, 210 rows), 64 rows (all of K, 16 warps) and 128 rows (K = 1536 in chunks)
   for tool in memcheck racecheck; do
-    for pad in "" --padded; do
-      echo "--- compute-sanitizer --tool $tool et_infer $pad"
-      compute-sanitizer --tool "$tool" --error-exitcode 9 "$EXE" "${args[@]}" $pad 2>&1 | tail -6 || rc=1
+    for run in "" "--padded" "ET_SPARSE_MAX_DENSITY=1.0" "ET_SPARSE_MAX_DENSITY=1.0 ET_SPARSE_BM=64 --padded" \
+               "ET_SPARSE_MAX_DENSITY=1.0 ET_SPARSE_BM=128 --padded"; do
+      local envs=() pad=""
+      for word in $run; do
+        case $word in --padded) pad=--padded ;; *) envs+=("$word") ;; esac
+      done
+      echo "--- compute-sanitizer --tool $tool et_infer $run"
+      env "${envs[@]}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$EXE" "${args[@]}" $pad 2>&1 | tail -6 \
+        || rc=1
     done
   done
   return $rc
