@@ -3,8 +3,10 @@
 On a GPU (CUDA build of libet and a visible device): HF ``transformers`` BERT eager, HF with SDPA,
 ``torch.compile(mode="max-autotune")`` of the SDPA model and libet's CUDA engine (dense and at each
 sweep sparsity, padded and padding-free) on the grid batch {1, 8, 32, 128} x sequence {64, 128, 256,
-512} for BERT-base and BERT-large shapes (random weights, same inputs for every system), plus the
-pipeline's retrained models on their real dev-set lengths. Each measurement: warm-up, CUDA events,
+512} for BERT-base and BERT-large shapes (random weights, same inputs for every system), and the
+pipeline's own models on their real dev-set lengths (the first ``batch`` dev examples, in order): the
+HF systems run the dense fine-tuned model (pruned weights are dense matrices to them, so the same
+speed), libet runs its dense export and every retrained sparsity. Each measurement: warm-up, CUDA events,
 median of >= 50 runs, inputs rotated, repeated twice (the spread shows the noise); the device's
 GEMM ceiling and copy bandwidth are measured in the same run, so every row carries achieved TFLOP/s
 and its ratio to the floor (FLOPs / ceiling).
@@ -37,6 +39,8 @@ from tqdm import tqdm
 from . import stage
 
 HEADLINE = ("bert-base", 32, 128)
+PIPELINE_MODEL = "pipeline"  # model name of the pipeline's rows on a GPU (dev-set lengths)
+PIPELINE_HEADLINE_BATCH = 32
 GPU_BATCHES = (1, 8, 32, 128)
 GPU_SEQS = (64, 128, 256, 512)
 CPU_BATCHES = (1, 8)
@@ -248,9 +252,10 @@ def _with_attention(model, impl: str):
 
 
 def bench_shape(systems: Systems, name: str, batch: int, lengths: np.ndarray, kind: str, rng: np.random.Generator,
-                hf: bool = True, sparsities: list[float] | None = None) -> None:
-    """The systems on one batch of ``lengths``: HF models (when ``hf``) and the engines of ``sparsities``
-    (all when None), padding-free and, for ragged lengths, padded."""
+                hf: bool = True, sparsities: list[float] | None = None, compile_hf: bool = False) -> None:
+    """The systems on one batch of ``lengths``: HF models (when ``hf``; plus torch.compile when
+    ``compile_hf`` on a GPU) and the engines of ``sparsities`` (all when None), padding-free and, for
+    ragged lengths, padded."""
     ctx = systems.ctx
     seq = int(lengths.max())
     sets = [random_batch(rng, lengths, systems.vocab) for _ in range(N_ROTATE)]
@@ -258,7 +263,7 @@ def bench_shape(systems: Systems, name: str, batch: int, lengths: np.ndarray, ki
     if hf and not ctx.out_of_time(f"{name} b{batch} s{seq} {kind} hf"):
         inputs = [padded_inputs(t, s, lengths, ctx.device) for t, s in sets]
         todo = list(systems.hf.items())
-        if (name, batch, seq) in ctx.compile_shapes and kind == "uniform" and ctx.cuda:
+        if compile_hf and ctx.cuda:
             todo.append(("hf-compile-max-autotune", systems.compiled_sdpa()))
         for system, model in todo:
             warmup = 3 * ctx.warmup if "compile" in system else ctx.warmup
@@ -322,49 +327,85 @@ def pipeline_systems(ctx: "Ctx", manifests: list[Path]) -> Iterator[tuple[str, P
             systems.close()
 
 
-def run_pipeline_models(ctx: "Ctx", manifests: list[Path], data_dir: Path | None, rng: np.random.Generator,
-                        batch: int) -> None:
-    """GPU: the pipeline's retrained models (one per sweep sparsity) on their dev-set lengths."""
-    if data_dir is None:
-        ctx.skipped.append("pipeline models: no --data-dir")
+def pipeline_manifests(ctx: "Ctx", finetune_model: Path, manifests: list[Path]) -> tuple[Any, dict[float, Path]]:
+    """The dense fine-tuned model (float32) and libet manifests by sparsity: its own dense float16 export
+    (0.0) and the pipeline's exported retrained models (sparsity from their ``s<sparsity>`` folders)."""
+    from . import modeling, random_bert
+    from .tiles import ModelMasks
+
+    model = modeling.load_classifier(finetune_model).float().eval()
+    out = {0.0: random_bert.export(model, ModelMasks({}, {}), ctx.work / "pipeline-dense", dtype="float16")}
+    for manifest in manifests:
+        out[float(manifest.parent.name.lstrip("s"))] = manifest
+    return model, out
+
+
+def run_pipeline_models(ctx: "Ctx", finetune_model: Path | None, manifests: list[Path], data_dir: Path | None,
+                        max_length: int, batches: list[int], compile_batches: set[int],
+                        rng: np.random.Generator) -> None:
+    """GPU: the pipeline's models on batches of the dev set's first examples (real lengths): HF eager,
+    SDPA (and torch.compile at ``compile_batches``) of the dense fine-tuned model, libet on its dense
+    export and on every retrained sparsity, padding-free and padded."""
+    missing = [what for what, value in (("--finetune-model", finetune_model), ("--data-dir", data_dir)) if value is None]
+    if missing:
+        ctx.skipped.append(f"pipeline models: no {' / '.join(missing)}")
         return
-    for name, model_dir, systems in pipeline_systems(ctx, manifests):
-        max_len = systems.hf["hf-eager"].config.max_position_embeddings
-        for lengths in dev_batches(model_dir, data_dir, max_len, batch, 1):
-            bench_shape(systems, name, batch, lengths, "dev", rng)
+    systems = Systems(ctx, *pipeline_manifests(ctx, finetune_model, manifests))
+    try:
+        for batch in tqdm(batches, desc="bench pipeline", unit="batch"):
+            for lengths in dev_batches(finetune_model, data_dir, max_length, batch, 1):
+                bench_shape(systems, PIPELINE_MODEL, batch, lengths, "dev", rng, compile_hf=batch in compile_batches)
+    finally:
+        systems.close()
 
 
 # ----------------------------------------------------------------------------- outputs
-def headline_metrics(rows: list[dict], cuda: bool) -> dict[str, float]:
-    """Speedups of our padding-free engine over the PyTorch systems at the headline shape: on a GPU
-    BERT-base (random weights, dense) batch 32 x 128; on the CPU the pipeline's first model at the
-    largest CPU grid shape."""
+def headline_shape(rows: list[dict], cuda: bool) -> tuple[str, int, int | None, str] | None:
+    """(model, batch, seq or None for any, lengths kind) of the headline: on a GPU BERT-base (random
+    weights) batch 32 x 128 when measured, else the pipeline's models at batch 32 of dev-set lengths; on
+    the CPU the pipeline's first model at the largest CPU grid shape."""
     if cuda:
-        name, b, s = HEADLINE
-        ours_system, ours_sparsity = "et-cuda-packed", 0.0
-    else:
-        names = sorted({r["model"] for r in rows})
-        if not names:
-            return {"gpu": 0.0}
-        name, b, s = names[0], max(CPU_BATCHES), max(CPU_SEQS)
-        ours_system, ours_sparsity = "et-cpu-packed", None
+        if any((r["model"], r["batch"], r["seq"], r["lengths"]) == (*HEADLINE, "uniform") for r in rows):
+            return (*HEADLINE, "uniform")
+        batches = sorted({r["batch"] for r in rows if r["model"] == PIPELINE_MODEL})
+        if not batches:
+            return None
+        batch = PIPELINE_HEADLINE_BATCH if PIPELINE_HEADLINE_BATCH in batches else batches[-1]
+        return PIPELINE_MODEL, batch, None, "dev"
+    names = sorted({r["model"] for r in rows})
+    return (names[0], max(CPU_BATCHES), max(CPU_SEQS), "uniform") if names else None
+
+
+def headline_metrics(rows: list[dict], cuda: bool) -> dict[str, float]:
+    """At the headline shape (:func:`headline_shape`): speedups of our dense padding-free engine over
+    the PyTorch systems (``speedup_vs_compile`` / ``_eager`` / ``_sdpa``, ``headline_ms``) and, for
+    each pruned sparsity s measured there, ``speedup_vs_dense_s<s>`` (over our dense engine) and the
+    speedups of the pruned engine over the PyTorch systems (``speedup_vs_compile_s<s>``, ...)."""
+    out: dict[str, float] = {"gpu": float(cuda)}
+    shape = headline_shape(rows, cuda)
+    if shape is None:
+        return out
+    name, b, s, kind = shape
+    ours_system = "et-cuda-packed" if cuda else "et-cpu-packed"
+    at = [r for r in rows if (r["model"], r["batch"], r["lengths"]) == (name, b, kind) and s in (None, r["seq"])]
 
     def pick(system: str, sparsity: float | None) -> float | None:
-        for r in rows:
-            if (r["model"], r["batch"], r["seq"], r["lengths"], r["system"]) == (name, b, s, "uniform", system) \
-                    and (sparsity is None or r["sparsity"] == sparsity):
-                return r["ms_median"]
-        return None
+        return next((r["ms_median"] for r in at if r["system"] == system
+                     and (sparsity is None or r["sparsity"] == sparsity)), None)
 
-    ours = pick(ours_system, ours_sparsity)
-    out: dict[str, float] = {"gpu": float(cuda)}
-    for key, system in (("speedup_vs_compile", "hf-compile-max-autotune"), ("speedup_vs_eager", "hf-eager"),
-                        ("speedup_vs_sdpa", "hf-sdpa")):
-        ref = pick(system, 0.0)
-        if ours and ref:
-            out[key] = ref / ours
+    refs = {key: pick(system, 0.0) for key, system in (("compile", "hf-compile-max-autotune"), ("eager", "hf-eager"),
+                                                       ("sdpa", "hf-sdpa"))}
+    ours = pick(ours_system, 0.0 if cuda else None)
     if ours:
         out["headline_ms"] = ours
+        out["headline_batch"] = float(b)
+        out.update({f"speedup_vs_{key}": ref / ours for key, ref in refs.items() if ref})
+    for sparsity in sorted({r["sparsity"] for r in at if r["system"] == ours_system and r["sparsity"] > 0}):
+        pruned = pick(ours_system, sparsity)
+        tag = f"s{sparsity:g}"
+        if ours and cuda:
+            out[f"speedup_vs_dense_{tag}"] = ours / pruned
+        out.update({f"speedup_vs_{key}_{tag}": ref / pruned for key, ref in refs.items() if ref and cuda})
     return out
 
 
@@ -376,25 +417,29 @@ def write_plots(rows: list[dict], accuracy: dict[float, float], out_dir: Path, c
     import matplotlib.pyplot as plt
 
     paths = []
-    model = HEADLINE[0] if cuda else None
-    seq = HEADLINE[2] if cuda else max(r["seq"] for r in rows)
-    sel = [r for r in rows if r["lengths"] == "uniform" and r["seq"] == seq and (model is None or r["model"] == model)]
+    if cuda:
+        model, _, seq, kind = headline_shape(rows, cuda) or (HEADLINE[0], 0, HEADLINE[2], "uniform")
+    else:
+        model, seq, kind = None, max(r["seq"] for r in rows), "uniform"
+    sel = [r for r in rows if r["lengths"] == kind and seq in (None, r["seq"]) and model in (None, r["model"])]
+    what = f"{model or 'pipeline model'} " + ("(dev-set lengths)" if seq is None else f"seq {seq}")
     fig, ax = plt.subplots(figsize=(6, 4))
     for system in sorted({(r["system"], r["sparsity"]) for r in sel}):
         pts = sorted((r["batch"], r["ms_median"]) for r in sel if (r["system"], r["sparsity"]) == system)
         ax.plot(*zip(*pts), marker="o", label=f"{system[0]}" + (f" s{system[1]:g}" if system[1] else ""))
-    ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="ms per forward",
-           title=f"{model or 'pipeline model'} seq {seq}: latency vs batch")
+    ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="ms per forward", title=f"{what}: latency vs batch")
     ax.legend(fontsize=7)
     paths.append(_save(fig, out_dir / "latency_vs_batch.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (mdl, b, s) in sorted({(r["model"], r["batch"], r["seq"]) for r in rows if r["system"].endswith("packed")}):
-        pts = {r["sparsity"]: r["ms_median"] for r in rows if (r["model"], r["batch"], r["seq"]) == (mdl, b, s)
-               and r["system"].endswith("packed") and r["lengths"] == "uniform"}
+    packed = [r for r in rows if r["system"].endswith("packed")]
+    for group in sorted({(r["model"], r["batch"], r["seq"], r["lengths"]) for r in packed}):
+        pts = {r["sparsity"]: r["ms_median"] for r in packed if (r["model"], r["batch"], r["seq"], r["lengths"]) == group}
         if 0.0 in pts and len(pts) > 1:
             xs = sorted(pts)
-            ax.plot(xs, [pts[0.0] / pts[x] for x in xs], marker="o", label=f"{mdl} b{b} s{s}")
+            mdl, b, s, k = group
+            ax.plot(xs, [pts[0.0] / pts[x] for x in xs], marker="o",
+                    label=f"{mdl} b{b} " + ("dev lengths" if k == "dev" else f"s{s}"))
     ax.set(xlabel="tile sparsity", ylabel="speedup over our dense engine", title="speedup vs sparsity")
     if ax.lines:
         ax.legend(fontsize=6)
@@ -417,7 +462,7 @@ def write_plots(rows: list[dict], accuracy: dict[float, float], out_dir: Path, c
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=system)
         ax.set(xscale="log", xlabel="batch", ylabel="achieved / measured GEMM ceiling",
-               title=f"{model} seq {seq}: fraction of peak (dense)")
+               title=f"{what}: fraction of peak (dense)")
         ax.legend(fontsize=7)
         paths.append(_save(fig, out_dir / "fraction_of_peak.png"))
     return paths
@@ -483,6 +528,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=None, help="prepared data (dev.tsv) for real lengths")
     p.add_argument("--finetune-metrics", type=Path, default=None)
     p.add_argument("--retrain-metrics", type=Path, nargs="*", default=[])
+    p.add_argument("--finetune-model", type=Path, default=None,
+                   help="the dense fine-tuned model folder (GPU: HF systems and our dense engine on the dev lengths)")
+    p.add_argument("--pipeline-batches", default=",".join(map(str, GPU_BATCHES)),
+                   help="GPU: batch sizes of the pipeline's models (the dev set's first examples)")
+    p.add_argument("--pipeline-compile-batches", default=str(PIPELINE_HEADLINE_BATCH),
+                   help="GPU: pipeline batches where torch.compile(max-autotune) is measured (minutes each)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--shapes", default="bert-base,bert-large", help="random-weight shapes benchmarked on a GPU")
     p.add_argument("--sparsities", default="0.5,0.8", help="tile sparsities of the random-weight models")
@@ -499,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     stage.setup_runtime(args.threads, args.seed)
     if args.iters < 1 or args.warmup < 0:
         p.error("--iters must be >= 1 and --warmup >= 0")
+    try:
+        pipeline_batches, compile_batches = _ints(args.pipeline_batches), set(_ints(args.pipeline_compile_batches))
+    except ValueError:
+        p.error(f"--pipeline-batches {args.pipeline_batches!r} / --pipeline-compile-batches "
+                f"{args.pipeline_compile_batches!r}: comma-separated integers expected")
     if not args.lib.is_file():
         p.error(f"--lib {args.lib}: no such file (run build_lib)")
     for m in args.manifests:
@@ -537,19 +593,23 @@ def main(argv: list[str] | None = None) -> int:
             meta["copy_gbs"] = copy_bandwidth_gbs()
             print(f"bench: {meta['device']}: fp16 GEMM ceiling {meta['gemm_tflops']:.0f} TFLOP/s, "
                   f"copy {meta['copy_gbs']:.0f} GB/s", flush=True)
+            if args.finetune_model or args.manifests:  # the pipeline's own models first (the DAG's budget)
+                max_length = int(args.params.get("model", {}).get("max_seq_length", 128))
+                run_pipeline_models(ctx, args.finetune_model, args.manifests, args.data_dir, max_length,
+                                    pipeline_batches, compile_batches, rng)
             sparsities = [float(s) for s in args.sparsities.split(",") if s]
             for shape in [s for s in args.shapes.split(",") if s]:
                 systems = Systems(ctx, *random_model_manifests(ctx, shape, sparsities))
                 grid = [(int(s), int(b)) for s in args.seqs.split(",") for b in args.batches.split(",")]
                 try:
                     for seq, batch in tqdm(grid, desc=f"bench {shape}", unit="shape"):
-                        bench_shape(systems, shape, batch, np.full(batch, seq, np.int32), "uniform", rng)
+                        bench_shape(systems, shape, batch, np.full(batch, seq, np.int32), "uniform", rng,
+                                    compile_hf=(shape, batch, seq) in ctx.compile_shapes)
                         if shape == HEADLINE[0] and seq == HEADLINE[2]:  # ragged U[16, seq]: padded vs packed
                             ragged = rng.integers(16, seq + 1, batch).astype(np.int32)
                             bench_shape(systems, shape, batch, ragged, "ragged", rng, sparsities=[0.0])
                 finally:
                     systems.close()
-            run_pipeline_models(ctx, args.manifests, args.data_dir, rng, batch=32)
         else:
             meta["device"] = platform.processor() or platform.machine()
             run_cpu_grid(ctx, args.manifests, rng)
@@ -588,6 +648,11 @@ def _stage_run(args):
     from . import tracking
 
     return tracking.stage_run(args.run_dir, "bench", args.params, tags={"gpu_required_for_gpu_numbers": "true"})
+
+
+def _ints(text: str) -> list[int]:
+    """``"1,8,32"`` -> [1, 8, 32] (empty items ignored)."""
+    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def _write_table(rows: list[dict], path: Path) -> None:

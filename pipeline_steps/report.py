@@ -4,12 +4,15 @@
 stage, one per sparsity, under ``…/<stage>/s<sparsity>/``). ``summary.json`` holds each single
 stage's metrics under its name, the sweep under ``sweep["<sparsity>"][stage]`` with the first sweep
 entry's metrics also at ``summary[stage]``, and the MLflow ids under ``mlflow``. With a pruning
-sweep, the accuracy-vs-sparsity plot is drawn. All outputs are logged to the report's MLflow run.
+sweep, the accuracy-vs-sparsity plot is drawn. When the bench stage ran, report.md also gets its
+headline table (every system at the headline shape, from ``bench.json`` beside its metrics) and its
+plots. All outputs (and the bench plots) are logged to the report's MLflow run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -20,6 +23,8 @@ from .stage import base_parser, read_json, setup_runtime, write_json, write_text
 
 SWEEP_DIR = re.compile(r"^s(\d+(?:\.\d+)?)$")
 PLOT_FILE = "accuracy_vs_sparsity.png"
+# the bench stage's plots, in report order (its accuracy plot last: shown only when the report drew none)
+BENCH_PLOTS = ("latency_vs_batch.png", "speedup_vs_sparsity.png", "fraction_of_peak.png", "accuracy_vs_sparsity.png")
 # order of the stage tables in report.md (stages not listed follow, by name)
 STAGE_ORDER = ("data", "finetune", "prune", "retrain", "build_lib", "export_npy", "infer", "bench")
 # key metrics shown first in report.md, per stage (other metrics follow)
@@ -97,8 +102,46 @@ def _stage_rank(stage: str) -> tuple[int, str]:
     return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
 
 
-def render_markdown(summary: dict, plot: str | None) -> str:
-    """A short report: one table per stage (sweep stages: one row per sparsity), the plot, MLflow ids."""
+def bench_section(bench: dict, plots: list[str]) -> list[str]:
+    """report.md lines of the benchmark: device and ceilings, every system at the headline shape (ms, the
+    repeat, TFLOP/s, speed relative to our dense engine), then the ``plots`` (paths relative to report.md)."""
+    from .bench import headline_shape
+
+    meta, rows = bench.get("meta", {}), bench.get("rows", [])
+    gpu = bool(meta.get("gpu"))
+    lines = ["## Benchmark", ""]
+    device = f"- device: {meta.get('device', 'unknown')}" + ("" if gpu else " (CPU only: GPU numbers need a GPU)")
+    lines.append(device)
+    if gpu:
+        lines.append(f"- measured fp16 GEMM ceiling {meta.get('gemm_tflops', float('nan')):.0f} TFLOP/s, "
+                     f"copy {meta.get('copy_gbs', float('nan')):.0f} GB/s")
+    lines.append(f"- torch {meta.get('torch')}, transformers {meta.get('transformers')}; median of "
+                 f"{meta.get('iters')} runs after {meta.get('warmup')} warm-up, each measured twice")
+    shape = headline_shape(rows, gpu)
+    if shape is not None:
+        name, batch, seq, kind = shape
+        at = [r for r in rows if (r["model"], r["batch"], r["lengths"]) == (name, batch, kind) and seq in (None, r["seq"])]
+        ours = "et-cuda-packed" if gpu else "et-cpu-packed"
+        dense = next((r["ms_median"] for r in at if r["system"] == ours and r["sparsity"] == 0.0), None)
+        lengths = "dev-set lengths" if kind == "dev" else f"{kind} lengths"
+        lines += ["", f"Headline: {name}, batch {batch}, seq {at[0]['seq'] if at else seq} ({lengths}).", "",
+                  "| system | sparsity | ms (median) | ms (repeat) | TFLOP/s | our dense ms / this ms |",
+                  "|---|---|---|---|---|---|"]
+        for r in sorted(at, key=lambda r: (not r["system"].startswith("hf"), r["system"], r["sparsity"])):
+            rel = f"{dense / r['ms_median']:.2f}x" if dense else "-"
+            lines.append(f"| {r['system']} | {r['sparsity']:g} | {r['ms_median']:.3f} | {r['ms_median_repeat']:.3f} | "
+                         f"{r['tflops']:.2f} | {rel} |")
+    if meta.get("skipped"):
+        lines += ["", f"Not measured (time budget or missing inputs): {len(meta['skipped'])} rows"]
+    lines.append("")
+    for plot in plots:
+        lines += [f"![{Path(plot).stem.replace('_', ' ')}]({plot})", ""]
+    return lines
+
+
+def render_markdown(summary: dict, plot: str | None, bench_lines: list[str] | None = None) -> str:
+    """A short report: one table per stage (sweep stages: one row per sparsity), the plot, the benchmark
+    section (``bench_lines``, from :func:`bench_section`), MLflow ids."""
     lines = [f"# et-pipeline report: {summary['run_name']}", ""]
     sweep = summary.get("sweep", {})
     sweep_stages = {s for branch in sweep.values() for s in branch}
@@ -115,6 +158,7 @@ def render_markdown(summary: dict, plot: str | None) -> str:
         lines.append("")
     if plot:
         lines += ["## Accuracy vs sparsity", "", f"![accuracy vs sparsity]({plot})", ""]
+    lines += bench_lines or []
     ml = summary["mlflow"]
     lines += ["## MLflow", "", f"- tracking URI: `{ml['tracking_uri']}`", f"- experiment id: `{ml['experiment_id']}`",
               f"- parent run id: `{ml['parent_run_id']}`", ""]
@@ -157,6 +201,22 @@ def draw_sweep_plot(summary: dict, out_png: Path) -> bool:
     return True
 
 
+def _bench_inputs(metrics_path: str | None, out_dir: Path, own_accuracy_plot: bool) -> tuple[list[str], list[Path]]:
+    """The benchmark section's lines and plot files, from ``bench.json`` and the PNGs beside the bench
+    stage's metrics (none when the stage did not run); its accuracy plot only when the report drew none."""
+    if not metrics_path:
+        return [], []
+    folder = Path(metrics_path).parent
+    try:
+        bench = read_json(folder / "bench.json")
+    except ValueError as exc:
+        raise ReportError(f"stage bench: {exc}") from exc
+    names = BENCH_PLOTS[:-1] if own_accuracy_plot else BENCH_PLOTS
+    plots = [folder / n for n in names if (folder / n).is_file()]
+    rel = [str(Path(os.path.relpath(p, out_dir))) for p in plots]
+    return bench_section(bench, rel), plots
+
+
 def build_parser():
     """Command line of the stage."""
     p = base_parser(__doc__.splitlines()[0])
@@ -180,12 +240,15 @@ def main(argv: list[str] | None = None) -> int:
             summary = build_summary(args.inputs, parent, Path(run_dir).name)
             out = Path(args.out_dir)
             plot = PLOT_FILE if draw_sweep_plot(summary, out / PLOT_FILE) else None
+            bench_lines, bench_plots = _bench_inputs(args.inputs.get("bench"), out, plot is not None)
             write_json(out / "summary.json", summary)
-            write_text(out / "report.md", render_markdown(summary, plot))
+            write_text(out / "report.md", render_markdown(summary, plot, bench_lines))
             run.log_metrics(numeric_metrics(summary))
             for name in ("summary.json", "report.md", plot):
                 if name:
                     run.log_artifact(out / name)
+            for png in bench_plots:
+                run.log_artifact(png)
     except ReportError as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return 1

@@ -100,10 +100,80 @@ def test_headline_metrics_and_markdown():
             _row("hf-sdpa", 2.0), _row("et-cuda-packed", 0.1, batch=1)]
     m = bench.headline_metrics(rows, cuda=True)
     assert m == {"gpu": 1.0, "speedup_vs_compile": 1.5, "speedup_vs_eager": 3.0, "speedup_vs_sdpa": 2.0,
-                 "headline_ms": 1.0}
+                 "headline_ms": 1.0, "headline_batch": 32.0}
     meta = {"command": "python -m pipeline_steps.bench --standalone", "device": "NVIDIA H100 80GB HBM3",
             "torch": "2.11", "cuda_runtime": "13.0", "transformers": "5", "date": "2026-11-25 03:00",
             "gemm_tflops": 750.0, "copy_gbs": 3000.0, "warmup": 10, "iters": 50, "skipped": []}
     md = bench.benchmarks_markdown(meta, rows, m)
     assert "NVIDIA H100 80GB HBM3" in md and "`python -m pipeline_steps.bench --standalone`" in md
     assert md.count("| bert-base |") == len(rows)
+
+
+def _pipeline_rows() -> list[dict]:
+    """GPU-shaped rows of the pipeline's models on dev lengths (seq = the batch's longest)."""
+    rows = []
+    for batch, seq in ((8, 97), (32, 121)):
+        scale = batch / 8
+        for system, sparsity, ms in (("hf-eager", 0.0, 4.0), ("hf-sdpa", 0.0, 3.0), ("et-cuda-packed", 0.0, 1.0),
+                                     ("et-cuda-padded", 0.0, 1.3), ("et-cuda-packed", 0.5, 0.8),
+                                     ("et-cuda-packed", 0.8, 0.5)):
+            rows.append(_row(system, ms * scale, model=bench.PIPELINE_MODEL, batch=batch, seq=seq, lengths="dev",
+                             sparsity=sparsity, fraction_of_peak=0.1))
+    rows.append(_row("hf-compile-max-autotune", 6.0, model=bench.PIPELINE_MODEL, batch=32, seq=121, lengths="dev",
+                     fraction_of_peak=0.2))
+    return rows
+
+
+def test_gpu_headline_falls_back_to_the_pipeline_models_with_per_sparsity_speedups():
+    rows = _pipeline_rows()
+    assert bench.headline_shape(rows, cuda=True) == (bench.PIPELINE_MODEL, 32, None, "dev")
+    m = bench.headline_metrics(rows, cuda=True)
+    assert m["headline_ms"] == 4.0 and m["headline_batch"] == 32.0
+    assert m["speedup_vs_compile"] == pytest.approx(1.5) and m["speedup_vs_eager"] == pytest.approx(4.0)
+    assert m["speedup_vs_dense_s0.8"] == pytest.approx(2.0) and m["speedup_vs_dense_s0.5"] == pytest.approx(1.25)
+    assert m["speedup_vs_compile_s0.8"] == pytest.approx(3.0) and m["speedup_vs_sdpa_s0.5"] == pytest.approx(3.75)
+    # BERT-base rows present: they stay the headline
+    assert bench.headline_shape(rows + [_row("et-cuda-packed", 1.0)], cuda=True) == ("bert-base", 32, 128, "uniform")
+
+
+def test_gpu_plots_of_the_pipeline_models(tmp_path):
+    paths = bench.write_plots(_pipeline_rows(), {0.0: 0.95, 0.5: 0.94, 0.8: 0.93}, tmp_path, cuda=True)
+    assert [p.name for p in paths] == ["latency_vs_batch.png", "speedup_vs_sparsity.png", "accuracy_vs_sparsity.png",
+                                       "fraction_of_peak.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_pipeline_models_on_dev_lengths(libet, pipeline_run, tmp_path):  # noqa: F811
+    """The GPU path's pipeline benchmark, run on the CPU backend: the dense fine-tuned model (HF and its
+    own dense export) and the retrained export, on batches of the dev set's first examples."""
+    from pipeline_steps import glue, modeling
+
+    finetune = tmp_path / "finetune_model"
+    model = random_bert(5, layers=2, hidden=64, heads=4, intermediate=128, vocab=97, max_positions=80, labels=2)
+    model.save_pretrained(finetune)
+    tokenizer = modeling.load_tokenizer(modeling.EMBEDDED_MODEL)
+    tokenizer.save_pretrained(finetune)
+    data = tmp_path / "data"
+    data.mkdir()
+    task = glue.TASKS["mrpc"]
+    texts = [("a b c " * (i % 9 + 1), "d e " * (i % 4 + 1)) for i in range(12)]
+    (data / glue.TASK_FILE).write_text(json.dumps({"task": "mrpc"}))
+    glue.write_split(data / "dev.tsv", task, [glue.Example(a, b, float(i % 2)) for i, (a, b) in enumerate(texts)])
+    lengths = [len(tokenizer(a, b, truncation=True, max_length=32)["input_ids"]) for a, b in texts]
+
+    work = tmp_path / "work"
+    work.mkdir()
+    ctx = bench.Ctx(lib=libet.lib, cuda=False, device=__import__("torch").device("cpu"), warmup=1, iters=3,
+                    ceiling_tflops=0.0, deadline=float("inf"), rows=[], work=work, compile_shapes=set(), skipped=[])
+    manifest = pipeline_run / "export_npy" / "s0.5" / "weights.txt"
+    bench.run_pipeline_models(ctx, finetune, [manifest], data, 32, [1, 4, 64], {4}, np.random.default_rng(0))
+    assert ctx.skipped == []
+    assert {(r["batch"], r["seq"]) for r in ctx.rows} == {(1, lengths[0]), (4, max(lengths[:4]))}  # no 64 dev rows
+    assert {(r["system"], r["sparsity"]) for r in ctx.rows} == {
+        ("hf-eager", 0.0), ("et-cpu-packed", 0.0), ("et-cpu-padded", 0.0), ("et-cpu-packed", 0.5), ("et-cpu-padded", 0.5)}
+    assert all(r["model"] == bench.PIPELINE_MODEL and r["lengths"] == "dev" for r in ctx.rows)
+    assert (work / "pipeline-dense" / "weights.txt").is_file()
+
+    ctx.rows.clear()
+    bench.run_pipeline_models(ctx, None, [manifest], data, 32, [1], set(), np.random.default_rng(0))
+    assert ctx.rows == [] and ctx.skipped == ["pipeline models: no --finetune-model"]

@@ -97,3 +97,46 @@ def test_bad_inputs_write_nothing(tmp_path, mlflow_uri, capsys):
                         "--out-dir", str(tmp_path)])
     assert code == 1 and not (tmp_path / "summary.json").exists()
     assert "stage finetune" in capsys.readouterr().err
+
+
+def _bench_outputs(run_dir: Path) -> str:
+    """A GPU-shaped bench stage output (bench.json, metrics.json, two plots); returns its metrics path."""
+    rows = [{"model": "pipeline", "batch": 32, "seq": 121, "lengths": "dev", "system": system, "sparsity": sp,
+             "ms_median": ms, "ms_median_repeat": ms * 1.01, "tflops": 10.0 / ms}
+            for system, sp, ms in (("hf-eager", 0.0, 4.0), ("hf-compile-max-autotune", 0.0, 2.0),
+                                   ("et-cuda-packed", 0.0, 1.0), ("et-cuda-packed", 0.8, 0.5))]
+    meta = {"gpu": True, "device": "NVIDIA H100 80GB HBM3", "gemm_tflops": 700.0, "copy_gbs": 3000.0,
+            "torch": "2.11.0", "transformers": "5.17.0", "iters": 50, "warmup": 10, "skipped": []}
+    bench_dir = run_dir / "bench"
+    write_json(bench_dir / "bench.json", {"meta": meta, "rows": rows, "accuracy": {}})
+    write_json(bench_dir / "metrics.json", {"gpu": 1.0, "speedup_vs_compile": 2.0})
+    for name in ("latency_vs_batch.png", "accuracy_vs_sparsity.png"):
+        (bench_dir / name).write_bytes(b"\x89PNG fake")
+    return str(bench_dir / "metrics.json")
+
+
+def test_bench_headline_table_and_plots_in_the_report(tmp_path, mlflow_uri):
+    run_dir = tmp_path / "results" / "r3"
+    inputs = {**_inputs(run_dir), "bench": _bench_outputs(run_dir)}
+    assert report.main(["--run-dir", str(run_dir), "--inputs", json.dumps(inputs), "--out-dir", str(run_dir)]) == 0
+    md = (run_dir / "report.md").read_text()
+    assert "## Benchmark" in md and "- device: NVIDIA H100 80GB HBM3" in md and "700 TFLOP/s" in md
+    assert "Headline: pipeline, batch 32, seq 121 (dev-set lengths)." in md
+    assert "| hf-eager | 0 | 4.000 | 4.040 | 2.50 | 0.25x |" in md
+    assert "| et-cuda-packed | 0.8 | 0.500 | 0.505 | 20.00 | 2.00x |" in md
+    assert "![latency vs batch](bench/latency_vs_batch.png)" in md
+    assert "bench/accuracy_vs_sparsity.png" not in md  # the report draws its own accuracy plot
+    assert md.index("## Benchmark") < md.index("## MLflow")
+    mlc = tracking.client(mlflow_uri)
+    runs = [r for e in mlc.search_experiments() for r in mlc.search_runs([e.experiment_id])
+            if r.data.tags.get("stage") == "report" and r.info.status == "FINISHED"]
+    assert any("latency_vs_batch.png" in {a.path for a in mlc.list_artifacts(r.info.run_id)} for r in runs)
+
+
+def test_bad_bench_json_is_named(tmp_path, mlflow_uri, capsys):
+    run_dir = tmp_path / "r4"
+    metrics = _bench_outputs(run_dir)
+    (run_dir / "bench" / "bench.json").write_text("{not json")
+    inputs = {**_inputs(run_dir), "bench": metrics}
+    assert report.main(["--run-dir", str(run_dir), "--inputs", json.dumps(inputs), "--out-dir", str(run_dir)]) == 1
+    assert "stage bench" in capsys.readouterr().err and not (run_dir / "report.md").exists()

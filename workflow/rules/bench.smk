@@ -1,6 +1,7 @@
 # bench: our engine against HF eager / SDPA / torch.compile, side by side in one process.
-# On a CPU-only machine it runs the small CPU grid and says that GPU numbers need a GPU; the GPU
-# numbers in BENCHMARKS.md come from `python -m pipeline_steps.bench --standalone --benchmarks-md ...`
+# On a GPU: the pipeline's dense fine-tuned and retrained models on batches of real dev-set lengths
+# (config bench.*, within bench.budget_s). On a CPU-only machine it runs the small CPU grid and says
+# that GPU numbers need a GPU; the GPU numbers in BENCHMARKS.md come from `python -m pipeline_steps.bench --standalone --benchmarks-md ...`
 # run on a GPU machine (cuda_lib/gpu/run_all.sh bench).
 rule bench:
     input:
@@ -9,6 +10,7 @@ rule bench:
         retrain=expand(rules.retrain.output.metrics, sparsity=SPARSITIES),
         retrain_models=expand(rules.retrain.output.model, sparsity=SPARSITIES),
         finetune=rules.finetune.output.metrics,
+        finetune_model=rules.finetune.output.model,
         dev=rules.prepare_data.output.dev,
     output:
         csv=f"{R}/bench/bench.csv",
@@ -16,6 +18,9 @@ rule bench:
         metrics=f"{R}/bench/metrics.json",
     params:
         cfg=stage_params("model", "bench", "preset"),
+        batches=",".join(map(str, config["bench"]["batches"])),
+        compile_batches=",".join(map(str, config["bench"]["compile_batches"])),
+        shapes=",".join(config["bench"]["random_shapes"]),
     log:
         f"{LOGS}/bench.log",
     benchmark:
@@ -24,7 +29,10 @@ rule bench:
     shell:
         "{PY}.bench --run-dir {R} --params {params.cfg:q} --threads {threads} --lib {input.lib}"
         " --manifests {input.manifests} --data-dir {R}/data --finetune-metrics {input.finetune}"
-        " --retrain-metrics {input.retrain} --out-dir {R}/bench 2>&1 | tee {log}"
+        " --retrain-metrics {input.retrain} --finetune-model {input.finetune_model}"
+        " --budget-s {config[bench][budget_s]} --pipeline-batches={params.batches}"
+        " --pipeline-compile-batches={params.compile_batches} --shapes={params.shapes}"
+        " --out-dir {R}/bench 2>&1 | tee {log}"
 
 
 if config["bench"]["enabled"]:
