@@ -20,6 +20,8 @@ fi
 python3 -c "import snakemake, mlflow, cffi, jsonschema; print('snakemake', snakemake.__version__, 'mlflow', mlflow.__version__)" \
   || { echo "pipeline_gpu: snakemake/mlflow not importable (carry .gpusite, see cuda_lib/gpu/pack_site.sh)"; exit 1; }
 
+command -v make >/dev/null || export CMAKE_GENERATOR=Ninja  # build_lib's CMake: the image has ninja, maybe no make
+
 left() { echo $(( LIMIT - ($(date +%s) - T0) )); }
 
 run_dag() {  # run_dag RUN LIMIT_S EXTRA_YAML

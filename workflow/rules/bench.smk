@@ -12,6 +12,8 @@ rule bench:
         finetune=rules.finetune.output.metrics,
         finetune_model=rules.finetune.output.model,
         dev=rules.prepare_data.output.dev,
+        # not read: after every infer branch, so that no other GPU job runs while the bench is timing
+        after_infer=expand(rules.infer.output.metrics, sparsity=SPARSITIES),
     output:
         csv=f"{R}/bench/bench.csv",
         json=f"{R}/bench/bench.json",
