@@ -35,8 +35,9 @@ SPARSITIES = [f"{s:g}" for s in config["prune"]["sweep"]]
 # sleep instead of spinning while they wait: with --cores above the machine's core count (or other
 # load) spinning threads of concurrent stages starve each other (measured: a smoke finetune epoch took
 # 40-87 s spinning vs 14-20 s sleeping on 2 loaded cores).
-PY = (f"OMP_WAIT_POLICY=PASSIVE PYTHONPATH={shlex.quote(workflow.basedir)} {shlex.quote(sys.executable)}"
-      " -m pipeline_steps")
+# PYTHONPATH keeps what the caller set (e.g. carried packages on a GPU machine) after the repository.
+PY = (f"OMP_WAIT_POLICY=PASSIVE PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}"
+      f" {shlex.quote(sys.executable)} -m pipeline_steps")
 # Stage name -> metrics file(s) that the report rule collects; each rule file adds its own.
 REPORT_INPUTS = {}
 
