@@ -142,6 +142,7 @@ void DenseGemm::Impl::choose_algo(Plan& p, const void* w, const void* x, void* y
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
+  cudaGetLastError();  // a rejected candidate's launch error must not be blamed on the next kernel
   p.candidates.clear();
 }
 

@@ -41,7 +41,7 @@ struct DeviceHeads {
 // seq_start/seq_len: [batch] rows of each sequence (packed or padded layout).
 // short_max: sequences of max_len <= short_max use the whole-sequence operator, longer ones the
 // streaming (online-softmax) operator; when few blocks would be launched for num_sms SMs, the
-// streaming operator with 16 queries per block.
+// streaming operator with 16 queries per block (num_sms = 0: never).
 template <typename T>
 void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, int max_dqk, int max_dv,
                const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,

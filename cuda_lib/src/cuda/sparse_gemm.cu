@@ -207,9 +207,13 @@ void launch(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const
     slabs = (tile_rows + WARPS - 1) / WARPS;
   }
   const dim3 grid(m_blocks, slabs);
+  check(cudaGetLastError(), "an earlier CUDA call (pending before tile_sparse_gemm)");
   kernel<<<grid, WARPS * 32, smem, stream>>>(x, m, w.k, chunk_tiles, static_cast<const uint4*>(w.tiles), w.row_ptr,
                                              w.tile_col, bias, residual, y, w.n, static_cast<int>(epi));
-  check_launch("tile_sparse_gemm");
+  const std::string what = "tile_sparse_gemm (grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) +
+                           ", " + std::to_string(WARPS * 32) + " threads, " + std::to_string(smem) +
+                           " B shared, n " + std::to_string(w.n) + ", k " + std::to_string(w.k) + ")";
+  check_launch(what.c_str());
 }
 
 // Pick the warps per block and the K chunk for BM rows: all of K with 8 warps when two blocks fit on
