@@ -5,6 +5,7 @@
 #   run 2  minilm-gpu-admm  the same with prune.algorithm=admm and no bench, if >= ADMM_MIN_S seconds are left
 # Each run is packed to $OUT/<run>.tgz (summary.json, report.md, plots, bench CSV/JSON, metrics, stage logs,
 # Snakemake benchmarks); the MLflow store to $OUT/mlflow.db.gz; key summary fields are printed.
+# PIPELINE_SNAKEMAKE_ARGS is appended to both Snakemake commands (a local rehearsal: "--cores 2 --config preset=smoke").
 set -u -o pipefail
 LIMIT=${1:-560}
 OUT=${OUT:-/tmp/et-gpu-out}
@@ -26,10 +27,10 @@ left() { echo $(( LIMIT - ($(date +%s) - T0) )); }
 
 run_dag() {  # run_dag RUN LIMIT_S EXTRA_YAML
   local run=$1 limit=$2 extra=$3 cfg=/tmp/et-gpu-$1.yaml t=$(date +%s)
-  printf 'model:\n  name_or_path: %s\n%s' "$MODEL" "$extra" > "$cfg"
+  printf 'run_name: %s\nmodel:\n  name_or_path: %s\n%s' "$run" "$MODEL" "$extra" > "$cfg"
   echo "=== $run (limit ${limit}s): $(tr '\n' ' ' < "$cfg")"
-  timeout -k 30 "$limit" python3 -m snakemake --workflow-profile workflow/profiles/gpu all \
-    --configfile "$cfg" --config run_name="$run"
+  timeout -k 30 "$limit" python3 -m snakemake --workflow-profile workflow/profiles/gpu all --configfile "$cfg" \
+    ${PIPELINE_SNAKEMAKE_ARGS:-}
   local rc=$?
   echo "=== $run: rc=$rc in $(( $(date +%s) - t )) s"
   tar -czf "$OUT/$run.tgz" $(ls -d results/"$run"/{summary.json,report.md,*.png} results/"$run"/bench/*.{csv,json,png} \
