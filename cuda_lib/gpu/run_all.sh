@@ -152,8 +152,8 @@ for s in "$@"; do
     prune)
       if [ -f scripts/gpu_prune_check.py ]; then step prune 300 python3 scripts/gpu_prune_check.py
       else SUMMARY+=("prune: scripts/gpu_prune_check.py not in the repository"); fi ;;
-    pipeline)  # its own time limits inside (PIPELINE_LIMIT: seconds for both runs, default 560)
-      bash cuda_lib/gpu/pipeline_gpu.sh "${PIPELINE_LIMIT:-560}" 2>&1 | tee "$OUT/pipeline.log"
+    pipeline)  # its own time limits inside (PIPELINE_LIMIT: seconds for both runs, default 550)
+      bash cuda_lib/gpu/pipeline_gpu.sh "${PIPELINE_LIMIT:-550}" 2>&1 | tee "$OUT/pipeline.log"
       SUMMARY+=("pipeline: rc=${PIPESTATUS[0]}") ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
