@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "kernels.h"
 #include "prepare.h"
@@ -169,19 +170,25 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
   }
 }
 
-// Allow `kernel` `smem` bytes of dynamic shared memory on the current device and return how many of its
-// blocks of `threads` fit on an SM. Cached: asked once per (device, kernel, size), in the engine's eager
-// warm-up, so nothing but launches happens while a CUDA graph is being captured.
+// Allow `kernel` at least `smem` bytes of dynamic shared memory on the current device and return how many
+// of its blocks of `threads` fit on an SM. The allowance only ever grows (it is one attribute per kernel,
+// shared by every size launched with it). Cached: asked once per (device, kernel, size), in the engine's
+// eager warm-up, so nothing but launches happens while a CUDA graph is being captured.
 int prepare_kernel(const void* kernel, int threads, int smem) {
   static std::mutex mu;
   static std::map<std::tuple<int, const void*, int>, int> blocks_per_sm;
+  static std::map<std::pair<int, const void*>, int> allowed_smem;
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   const std::lock_guard<std::mutex> lock(mu);
   const auto key = std::make_tuple(device, kernel, smem);
   if (const auto it = blocks_per_sm.find(key); it != blocks_per_sm.end()) return it->second;
-  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-        "cudaFuncSetAttribute(tile_sparse_gemm)");
+  int& allowed = allowed_smem[{device, kernel}];
+  if (smem > allowed) {
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+          "cudaFuncSetAttribute(tile_sparse_gemm)");
+    allowed = smem;
+  }
   int n = 0;
   check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem),
         "cudaOccupancyMaxActiveBlocksPerMultiprocessor(tile_sparse_gemm)");
