@@ -122,8 +122,6 @@ def main() -> int:
             p.record(f"dense b{lens.size} s{seq} (graph)", p.engine_ms(eng, lens), bench.forward_flops(DIMS, lens, False))
     with env(ET_DENSE_TANH_GELU="1"), Engine(p.lib, dense, backend="cuda") as eng:
         p.record("dense b32 s128 cuBLASLt tanh-GELU epilogue", p.engine_ms(eng, b32), f32)
-    with env(ET_ATTN_NARROW="0"), Engine(p.lib, dense, backend="cuda") as eng:  # one attention block per 64 queries
-        p.record("dense b1 s128 wide attention blocks", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
     with env(ET_GEMM_TUNE="1"), Engine(p.lib, dense, backend="cuda") as eng:  # cuBLASLt heuristic's first choice
         p.record("dense b32 s128 untuned cuBLASLt", p.engine_ms(eng, b32), f32)
         p.record("dense b1 s128 untuned cuBLASLt", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))

@@ -6,9 +6,7 @@
 //    memory once; each warp keeps its 16 query rows' scores against every key in registers
 //    (up to kShortKeys keys) and does one exact softmax;
 //  - long: one block per (sequence, head, 64 queries) streams 64-key blocks of K and V through a
-//    double-buffered cp.async pipeline with an online (running max / running sum) softmax. When
-//    those blocks would leave most SMs idle (small batches), each block takes 16 queries instead
-//    (one warp), giving 4x the blocks.
+//    double-buffered cp.async pipeline with an online (running max / running sum) softmax.
 // Only computed heads are launched; each head's Q/K and V widths are its kept dimensions (prepare.h).
 #include <cmath>
 
@@ -19,7 +17,6 @@ namespace {
 
 constexpr int kShortKeys = 128;  // longest sequence of the short operator (registers: 64 scores/thread)
 constexpr int kLongQ = 64;       // queries per block of the long operator (4 warps)
-constexpr int kNarrowQ = 16;     // queries per block of the long operator on an under-filled GPU (1 warp)
 constexpr int kLongK = 64;       // keys per streamed block
 
 template <int D>
@@ -200,29 +197,28 @@ __global__ void attention_short_kernel(const T* __restrict__ qkv, int qkv_ld, T*
   w.store(out, out_ld, first, warp * 16, len, h.out_off, h.dv, lane);
 }
 
-template <typename T, int D, int QB>
-__global__ void __launch_bounds__(QB * 2) attention_long_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out,
+template <typename T, int D>
+__global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out,
                                                              int out_ld, const int32_t* __restrict__ slots,
                                                              const int32_t* __restrict__ seq_start,
                                                              const int32_t* __restrict__ seq_len, float scale_log2) {
   constexpr int LD = padded_ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);
-  T* sk = sq + QB * LD;           // [2][kLongK][LD]
+  T* sk = sq + kLongQ * LD;       // [2][kLongK][LD]
   T* sv = sk + 2 * kLongK * LD;   // [2][kLongK][LD]
   const HeadArgs h = read_head(slots, blockIdx.y);
   const int b = blockIdx.z;
   const int first = seq_start[b], len = seq_len[b];
-  constexpr int kThreads = QB * 2;  // one warp per 16 queries
-  const int q0 = blockIdx.x * QB;
+  const int q0 = blockIdx.x * kLongQ;
   if (q0 >= len) return;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  load_rows(sq, LD, qkv, qkv_ld, first + q0, h.q_off, h.dqk, QB, len - q0, tid, kThreads);
+  load_rows(sq, LD, qkv, qkv_ld, first + q0, h.q_off, h.dqk, kLongQ, len - q0, tid, 128);
   const int nkb = (len + kLongK - 1) / kLongK;
   auto load_kv = [&](int kb, int buf) {
     const int k0 = kb * kLongK;
-    load_rows(sk + buf * kLongK * LD, LD, qkv, qkv_ld, first + k0, h.k_off, h.dqk, kLongK, len - k0, tid, kThreads);
-    load_rows(sv + buf * kLongK * LD, LD, qkv, qkv_ld, first + k0, h.v_off, h.dv, kLongK, len - k0, tid, kThreads);
+    load_rows(sk + buf * kLongK * LD, LD, qkv, qkv_ld, first + k0, h.k_off, h.dqk, kLongK, len - k0, tid, 128);
+    load_rows(sv + buf * kLongK * LD, LD, qkv, qkv_ld, first + k0, h.v_off, h.dv, kLongK, len - k0, tid, 128);
   };
   load_kv(0, 0);
   cp_async_commit();
@@ -241,26 +237,10 @@ __global__ void __launch_bounds__(QB * 2) attention_long_kernel(const T* __restr
   w.store(out, out_ld, first + q0, warp * 16, len - q0, h.out_off, h.dv, lane);
 }
 
-template <typename T, int D, int QB>
-void launch_long(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
-                 const int32_t* seq_len, int batch, int max_len, float scale_log2, cudaStream_t stream) {
-  constexpr int LD = padded_ld<D>();
-  const size_t smem = static_cast<size_t>(QB + 4 * kLongK) * LD * sizeof(T);
-  auto kernel = attention_long_kernel<T, D, QB>;
-  static const bool attr_set =
-      (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-             "cudaFuncSetAttribute(attention_long)"),
-       true);
-  (void)attr_set;
-  kernel<<<dim3((max_len + QB - 1) / QB, heads.count, batch), QB * 2, smem, stream>>>(
-      qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
-  check_launch("attention_long");
-}
-
 template <typename T, int D>
 void launch_attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
                       const int32_t* seq_len, int batch, int max_len, float scale_log2, bool use_short,
-                      int num_sms, cudaStream_t stream) {
+                      cudaStream_t stream) {
   constexpr int LD = padded_ld<D>();
   if (use_short) {
     const int rows = (max_len + 15) / 16 * 16;
@@ -274,10 +254,17 @@ void launch_attention(const T* qkv, int qkv_ld, T* out, int out_ld, const Device
     kernel<<<dim3(heads.count, batch), rows / 16 * 32, smem, stream>>>(qkv, qkv_ld, out, out_ld, heads.slots,
                                                                       seq_start, seq_len, rows, scale_log2);
     check_launch("attention_short");
-  } else if (static_cast<int64_t>((max_len + kLongQ - 1) / kLongQ) * heads.count * batch < num_sms) {
-    launch_long<T, D, kNarrowQ>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
   } else {
-    launch_long<T, D, kLongQ>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
+    const size_t smem = static_cast<size_t>(kLongQ + 4 * kLongK) * LD * sizeof(T);
+    auto kernel = attention_long_kernel<T, D>;
+    static const bool attr_set =
+        (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+               "cudaFuncSetAttribute(attention_long)"),
+         true);
+    (void)attr_set;
+    kernel<<<dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), 128, smem, stream>>>(
+        qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
+    check_launch("attention_long");
   }
 }
 
@@ -286,23 +273,20 @@ void launch_attention(const T* qkv, int qkv_ld, T* out, int out_ld, const Device
 template <typename T>
 void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, int max_dqk, int max_dv,
                const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
-               int short_max, int num_sms, cudaStream_t stream) {
+               int short_max, cudaStream_t stream) {
   const float scale_log2 = scale * 1.4426950408889634f;
-  // The whole-sequence operator has one block per (sequence, head); on an under-filled GPU the
-  // narrow streaming operator spreads the same work over 4-16x more blocks.
-  const bool few_blocks = static_cast<int64_t>(heads.count) * batch < num_sms;
-  const bool use_short = max_len <= std::min(short_max, kShortKeys) && !few_blocks;
+  const bool use_short = max_len <= std::min(short_max, kShortKeys);
   if (std::max(max_dqk, max_dv) <= 64)
     launch_attention<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2,
-                            use_short, num_sms, stream);
+                            use_short, stream);
   else
     launch_attention<T, 128>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2,
-                             false, num_sms, stream);
+                             false, stream);
 }
 
 template void attention<__half>(const __half*, int, __half*, int, const DeviceHeads&, int, int, const int32_t*,
-                                const int32_t*, int, int, float, int, int, cudaStream_t);
+                                const int32_t*, int, int, float, int, cudaStream_t);
 template void attention<__nv_bfloat16>(const __nv_bfloat16*, int, __nv_bfloat16*, int, const DeviceHeads&, int, int,
-                                       const int32_t*, const int32_t*, int, int, float, int, int, cudaStream_t);
+                                       const int32_t*, const int32_t*, int, int, float, int, cudaStream_t);
 
 }  // namespace et::cuda

@@ -192,7 +192,6 @@ class CudaEngine final : public Backend {
     num_sms_ = prop.multiProcessorCount;
     sparse_dev_ = SparseDevice{num_sms_, static_cast<int>(prop.sharedMemPerBlockOptin)};
     short_max_ = static_cast<int>(env_number("ET_ATTN_SHORT_MAX", kDefaultShortMax));
-    narrow_attention_ = env_number("ET_ATTN_NARROW", 1) != 0;
     poison_ = env_number("ET_POISON_WORKSPACE", 0) != 0;
     sparse_bm_ = static_cast<int>(env_number("ET_SPARSE_BM", 0));
     if (sparse_bm_ != 0 && sparse_bm_ != 32 && sparse_bm_ != 64 && sparse_bm_ != 128)
@@ -377,7 +376,7 @@ class CudaEngine final : public Backend {
       linear(L.qkv, x, s.rows, nullptr, qkv, Epilogue::kBias);
       attention<T>(qkv, L.qkv.n, att, L.o.k, DeviceHeads{L.n_heads, L.heads.template as<int32_t>()},
                    prepared_.max_dqk, prepared_.max_dv, start, len, s.batch, s.max_len, prepared_.attn_scale,
-                   short_max_, narrow_attention_ ? num_sms_ : 0, stream_);
+                   short_max_, stream_);
       linear(L.o, att, s.rows, x, tmp, Epilogue::kBiasResidual);
       layernorm<T>(tmp, s.rows, H, L.ln1g.template as<T>(), L.ln1b.template as<T>(), c.layer_norm_eps, x2, stream_);
       linear(L.ffn1, x2, s.rows, nullptr, ffn, Epilogue::kBiasGelu);
@@ -441,7 +440,6 @@ class CudaEngine final : public Backend {
   int num_sms_ = 0;
   SparseDevice sparse_dev_;
   int short_max_ = kDefaultShortMax;
-  bool narrow_attention_ = true;  // 16-query attention blocks when few (sequence, head) pairs (ET_ATTN_NARROW)
   bool poison_ = false;
   int sparse_bm_ = 0;  // 0: chosen per batch
   int64_t sparse_max_rows_ = kDefaultSparseMaxRows;

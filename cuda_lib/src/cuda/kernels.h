@@ -40,12 +40,11 @@ struct DeviceHeads {
 // Fused attention over a ragged batch. qkv: [rows, qkv_ld]; out: [rows, out_ld].
 // seq_start/seq_len: [batch] rows of each sequence (packed or padded layout).
 // short_max: sequences of max_len <= short_max use the whole-sequence operator, longer ones the
-// streaming (online-softmax) operator; when few blocks would be launched for num_sms SMs, the
-// streaming operator with 16 queries per block (num_sms = 0: never).
+// streaming (online-softmax) operator.
 template <typename T>
 void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, int max_dqk, int max_dv,
                const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
-               int short_max, int num_sms, cudaStream_t stream);
+               int short_max, cudaStream_t stream);
 
 // x[rows, h] = LayerNorm(word[tok] + pos[pos_id] + type[seg]).
 template <typename T>
