@@ -30,13 +30,14 @@ namespace et {
 namespace cuda {
 namespace {
 
-// Tiled (and run by the tile-sparse kernel) below this density; not yet measured for the X-stationary
-// kernel (NOTES.md "Session 2: tile-sparse kernel rewrite"); its prediction puts the crossover with cuBLASLt near 0.4-0.5.
+// Stored tiled below this density (NOTES.md "Session 2: tile-sparse kernel rewrite").
 constexpr double kDefaultSparseMaxDensity = 0.4;
 constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
 constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)
-// Every batch size takes the tile-sparse kernel for a tiled weight; ET_SPARSE_MAX_ROWS caps it.
-constexpr int64_t kDefaultSparseMaxRows = INT64_MAX;
+// Measured on an H100 (NOTES.md, session 2 run 7): the X-stationary tile-sparse kernel is still slower
+// than cuBLASLt on the zero-filled weights at every density 0.1-0.5 and batch 1-32 x 128, so by default
+// no batch takes it; ET_SPARSE_MAX_ROWS opts in (the batches of at most that many token rows).
+constexpr int64_t kDefaultSparseMaxRows = 0;
 constexpr size_t kMaxGraphs = 16;
 
 // An owned device allocation.
@@ -197,8 +198,7 @@ class CudaEngine final : public Backend {
     if (sparse_bm_ != 0 && sparse_bm_ != 32 && sparse_bm_ != 64 && sparse_bm_ != 128)
       throw Error(ET_ERR_INVALID_ARGUMENT, "ET_SPARSE_BM must be 0 (auto), 32, 64 or 128");
     const double max_rows = env_number("ET_SPARSE_MAX_ROWS", static_cast<double>(kDefaultSparseMaxRows));
-    sparse_max_rows_ = max_rows >= static_cast<double>(kDefaultSparseMaxRows) ? kDefaultSparseMaxRows
-                                                                               : static_cast<int64_t>(max_rows);
+    sparse_max_rows_ = max_rows >= 9.0e18 ? INT64_MAX : static_cast<int64_t>(max_rows);
     const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
     const bool tanh_gelu = env_number("ET_DENSE_TANH_GELU", 0) != 0;
     const int gemm_tune = static_cast<int>(env_number("ET_GEMM_TUNE", kDefaultGemmTune));
