@@ -46,6 +46,8 @@ GPU_SEQS = (64, 128, 256, 512)
 CPU_BATCHES = (1, 8)
 CPU_SEQS = (32, 64)
 N_ROTATE = 4  # input sets cycled through by the timed runs of the PyTorch systems
+LINESTYLES = ("-", "--", ":", "-.")  # latency plot: one per sparsity (colour: one per system)
+MIN_ACCURACY_SPAN = 0.1  # accuracy plot: the y axis spans at least this much
 
 
 # ----------------------------------------------------------------------------- timing and ceilings
@@ -424,10 +426,16 @@ def write_plots(rows: list[dict], accuracy: dict[float, float], out_dir: Path, c
     sel = [r for r in rows if r["lengths"] == kind and seq in (None, r["seq"]) and model in (None, r["model"])]
     what = f"{model or 'pipeline model'} " + ("(dev-set lengths)" if seq is None else f"seq {seq}")
     fig, ax = plt.subplots(figsize=(6, 4))
-    for system in sorted({(r["system"], r["sparsity"]) for r in sel}):
-        pts = sorted((r["batch"], r["ms_median"]) for r in sel if (r["system"], r["sparsity"]) == system)
-        ax.plot(*zip(*pts), marker="o", label=f"{system[0]}" + (f" s{system[1]:g}" if system[1] else ""))
-    ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="ms per forward", title=f"{what}: latency vs batch")
+    systems = sorted({r["system"] for r in sel})
+    sparsities = sorted({r["sparsity"] for r in sel})
+    for system, sparsity in sorted({(r["system"], r["sparsity"]) for r in sel}):
+        pts = sorted((r["batch"], r["ms_median"]) for r in sel if (r["system"], r["sparsity"]) == (system, sparsity))
+        ax.plot(*zip(*pts), marker="o", color=f"C{systems.index(system)}",
+                linestyle=LINESTYLES[sparsities.index(sparsity) % len(LINESTYLES)],
+                label=system + (f" {sparsity:.0%} sparse" if sparsity else ""))
+    ax.set(yscale="log", ylabel="median ms per forward (log scale)", title=f"{what}: latency vs batch")
+    _plain_log_axis(ax.yaxis)
+    _batch_axis(ax, sel)
     ax.legend(fontsize=7)
     paths.append(_save(fig, out_dir / "latency_vs_batch.png"))
 
@@ -440,8 +448,10 @@ def write_plots(rows: list[dict], accuracy: dict[float, float], out_dir: Path, c
             mdl, b, s, k = group
             ax.plot(xs, [pts[0.0] / pts[x] for x in xs], marker="o",
                     label=f"{mdl} b{b} " + ("dev lengths" if k == "dev" else f"s{s}"))
-    ax.set(xlabel="tile sparsity", ylabel="speedup over our dense engine", title="speedup vs sparsity")
+    ax.set(xlabel="tile sparsity", ylabel="speedup over our dense engine (> 1: faster)",
+           title="speedup vs sparsity (padding-free engine)")
     if ax.lines:
+        ax.axhline(1.0, color="0.4", linestyle="--", linewidth=1, label="dense (1.0)")
         ax.legend(fontsize=6)
     else:
         ax.text(0.5, 0.5, "no dense baseline of the same model in this run", ha="center", transform=ax.transAxes)
@@ -451,6 +461,12 @@ def write_plots(rows: list[dict], accuracy: dict[float, float], out_dir: Path, c
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = sorted(accuracy)
         ax.plot(xs, [accuracy[x] for x in xs], marker="o")
+        for x in xs:
+            ax.annotate(f"{accuracy[x]:.3f}", (x, accuracy[x]), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=8)
+        low, high = min(accuracy.values()), max(accuracy.values())
+        pad = max(0.0, MIN_ACCURACY_SPAN - (high - low)) / 2 + 0.01  # a small drop is not drawn as a collapse
+        ax.set_ylim(low - pad, high + pad)
         ax.set(xlabel="tile sparsity", ylabel="dev accuracy", title="accuracy vs sparsity (pipeline)")
         paths.append(_save(fig, out_dir / "accuracy_vs_sparsity.png"))
 
@@ -461,11 +477,29 @@ def write_plots(rows: list[dict], accuracy: dict[float, float], out_dir: Path, c
                          r["sparsity"] == 0.0)
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=system)
-        ax.set(xscale="log", xlabel="batch", ylabel="achieved / measured GEMM ceiling",
-               title=f"{what}: fraction of peak (dense)")
+        ax.set(ylabel="achieved / measured GEMM ceiling", title=f"{what}: fraction of peak (dense)")
+        _batch_axis(ax, sel)
+        fig.text(0.01, 0.01, "FLOPs as executed: the padded systems (HF, et-cuda-padded) count padding tokens",
+                 fontsize=7, color="0.3")
         ax.legend(fontsize=7)
         paths.append(_save(fig, out_dir / "fraction_of_peak.png"))
     return paths
+
+
+def _plain_log_axis(axis) -> None:
+    """Tick labels of a log axis as plain numbers (0.2, 3) instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+
+
+def _batch_axis(ax, rows: list[dict]) -> None:
+    """Log-scale batch axis ticked at the measured batch sizes."""
+    batches = sorted({r["batch"] for r in rows})
+    ax.set(xscale="log", xlabel="batch size")
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.xaxis.set_minor_formatter("")
 
 
 def _save(fig, path: Path) -> Path:
