@@ -140,3 +140,12 @@ def test_tarball_without_a_run_summary_is_named(tmp_path, capsys):
                                        ("build_lib/build.log", None), ("finetune/model/config.json", None)])
 def test_destination(rel, dest):
     assert import_run.destination(rel) == dest
+
+
+def test_bench_headline_says_when_pruned_models_are_slower():
+    rows = _bench_rows()
+    rows[-1]["ms_median"] = 0.3  # 50% sparse slower than the dense 0.25 ms
+    lines = import_run.bench_headline("fake", {"meta": {"gpu": True, "device": "Fake GPU 9000"}, "rows": rows},
+                                      "docs/gpu-run")
+    assert "50% 0.300 ms (0.83x of dense)" in lines[1] and "not faster than the dense one" in lines[1]
+    assert "batch 32 of dev-set lengths, longest 40" in lines[0]
