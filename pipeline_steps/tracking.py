@@ -81,11 +81,14 @@ def client(uri: str):
 
 
 def _git_commit() -> str:
+    """HEAD of the repository, else ``$ET_GIT_COMMIT`` (a copy without ``.git``, e.g. on a lent GPU machine)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        pass
+    return os.environ.get("ET_GIT_COMMIT", "unknown")
 
 
 def device_tags() -> dict[str, str]:
