@@ -3,14 +3,20 @@
 //
 // X-stationary and barrier-free per warp. A thread block owns BM rows of X and a slab of W's tile
 // rows (tile rows slab, slab + S, slab + 2S, ... for S = gridDim.y slabs). It copies its BM rows of X
-// into shared memory once; then every warp walks its own tile rows (round robin over the slab) with
-// no block barrier: per kept tile one 16-byte load per lane of the pre-arranged W tile (issued
-// kPrefetch tiles ahead), BM/16 ldmatrix.x4 of the X fragments under the tile's 16 columns and
-// 2 x BM/16 mma.sync.m16n8k16; the epilogue (bias, bias+GELU(erf) or bias+residual) then writes the
-// tile row's 16 output columns. Only kept tiles are loaded or multiplied.
-// When BM rows of the whole K do not fit into shared memory, K is cut into chunks of chunk_tiles
-// tile columns: every warp then owns its tile row for the whole block (the host makes the slab at
-// most one tile row per warp) and a block barrier separates the chunks.
+// into shared memory once; every warp then walks its own tile rows (round robin over the slab). Per
+// kept tile: one 16-byte load per lane of the pre-arranged W tile, BM/16 ldmatrix.x4 of the X fragments
+// under the tile's 16 columns and 2 x BM/16 mma.sync.m16n8k16; the epilogue (bias, bias+GELU(erf) or
+// bias+residual) then writes the tile row's 16 output columns. Only kept tiles are loaded or multiplied.
+//
+// Two kernels:
+//  - stream (BM rows of all of K fit into one block's shared memory): each warp reads the CSR bounds of
+//    up to 32 of its tile rows at once (one lane per row) and runs ONE continuous prefetch ring of W
+//    tiles across all its rows, so the next row's tiles are in flight while a row's last MMAs and its
+//    epilogue run; a row's bias and residual are requested when its first MMA is issued. No global
+//    load of the index data sits between two tile rows.
+//  - chunked (they do not fit): K is cut into chunks of chunk_tiles tile columns; every warp owns one
+//    tile row for the whole block (the host makes the slab at most one tile row per warp) and a block
+//    barrier separates the chunks.
 #include <algorithm>
 #include <climits>
 #include <map>
@@ -27,6 +33,10 @@ namespace {
 
 constexpr int kXPad = 8;                   // elements of padding per X row: conflict-free ldmatrix
 constexpr int kTwoPerSmSmem = 100 * 1024;  // shared memory of a block when two share an SM (H100, A100)
+constexpr int kRowWindow = 32;             // tile rows whose CSR bounds a warp holds at once (one per lane)
+constexpr int kStreamWarps = 16;           // warps of a stream block (one block per SM shares one X copy)
+constexpr int kChunkedWarps = 8;           // warps of a chunked block (two per SM)
+constexpr unsigned kFullMask = 0xffffffffu;
 
 // Shared memory of a block holding rows x cols elements of X (rows padded by kXPad).
 template <typename T>
@@ -34,30 +44,267 @@ constexpr int x_smem_bytes(int rows, int cols) {
   return rows * (cols + kXPad) * static_cast<int>(sizeof(T));
 }
 
-template <typename T, int BM, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
-    tile_sparse_gemm_kernel(const T* __restrict__ x, int m, int k, int chunk_tiles, const uint4* __restrict__ tiles,
-                            const int32_t* __restrict__ row_ptr, const int32_t* __restrict__ tile_col,
-                            const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y, int n,
-                            int epi) {
-  constexpr int kMT = BM / 16;                  // m16 fragments per warp
+// W tiles in flight per warp: deeper for fewer rows, whose fewer MMAs per tile cover less L2 latency
+// (BM = 128: its 64 accumulators leave registers for 4).
+template <int BM>
+constexpr int prefetch_depth() {
+  return BM <= 32 ? 8 : BM <= 64 ? 6 : 4;
+}
+
+template <int kMT>
+__device__ __forceinline__ void zero_acc(float (&acc)[kMT][2][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[mt][j][q] = 0.0f;
+}
+
+// acc += X[BM rows, the 16 columns at xs] . tile^T for one kept tile (w: this lane's B fragments).
+// xs is the lane's ldmatrix address (lanes 0-15: rows 0-15 at columns 0-7, lanes 16-31: columns 8-15).
+template <typename T, int kMT>
+__device__ __forceinline__ void mma_tile(float (&acc)[kMT][2][4], const T* xs, int ld, const uint4& w) {
   constexpr int kLdGroup = kMT < 4 ? kMT : 4;  // X fragments held in registers at once
-  // W tiles in flight per warp: deeper for BM = 32, whose few MMAs per tile cover less L2 latency.
-  constexpr int kPrefetch = BM <= 32 ? 8 : 4;
+#pragma unroll
+  for (int mt0 = 0; mt0 < kMT; mt0 += kLdGroup) {
+    uint32_t a[kLdGroup][4];
+#pragma unroll
+    for (int i = 0; i < kLdGroup; ++i) ldmatrix_x4(a[i], xs + (mt0 + i) * 16 * ld);
+#pragma unroll
+    for (int i = 0; i < kLdGroup; ++i) {
+      mma16816<T>(acc[mt0 + i][0], a[i], w.x, w.y);
+      mma16816<T>(acc[mt0 + i][1], a[i], w.z, w.w);
+    }
+  }
+}
+
+// A lane's epilogue operands of one tile row: the bias at its two column pairs and, when kEarly, the
+// residual at its accumulator positions (zero for rows past m or other epilogues). Loaded before the
+// row's MMAs so that their latency hides under them; without kEarly (BM = 128: its 64 accumulators
+// leave no registers for them) the residual is read in store_row.
+template <typename T, int kMT, bool kEarly>
+struct RowOperands {
+  uint32_t bias[2];
+  uint32_t res[kEarly ? kMT : 1][2][2];
+
+  __device__ __forceinline__ void load(const T* __restrict__ b, const T* __restrict__ residual, int tr, int m0,
+                                       int m, int n, int epi, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    const bool add_res = epi == static_cast<int>(Epilogue::kBiasResidual);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int col = tr * kTile + j * 8 + 2 * t;
+      bias[j] = __ldg(reinterpret_cast<const unsigned int*>(b + col));
+      if constexpr (kEarly) {
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int row = m0 + mt * 16 + g + hh * 8;
+            res[mt][j][hh] =
+                add_res && row < m
+                    ? __ldg(reinterpret_cast<const unsigned int*>(residual + static_cast<size_t>(row) * n + col))
+                    : 0u;
+          }
+      }
+    }
+  }
+};
+
+// Write tile row tr's 16 output columns of the block's rows m0 .. m0 + BM (rows past m skipped):
+// y = acc + bias, then GELU(erf) or + residual as epi says.
+template <typename T, int kMT, bool kEarly>
+__device__ __forceinline__ void store_row(const float (&acc)[kMT][2][4], const RowOperands<T, kMT, kEarly>& ops,
+                                          const T* __restrict__ residual, T* __restrict__ y, int tr, int m0, int m,
+                                          int n, int epi, int lane) {
+  const int g = lane >> 2, t = lane & 3;  // accumulator fragment: rows g, g + 8; columns 2t, 2t + 1
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int col = tr * kTile + j * 8 + 2 * t;
+    const float2 b = Elem<T>::unpack2(ops.bias[j]);
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int row = m0 + mt * 16 + g + hh * 8;
+        if (row >= m) continue;
+        float v0 = acc[mt][j][hh * 2] + b.x, v1 = acc[mt][j][hh * 2 + 1] + b.y;
+        const size_t off = static_cast<size_t>(row) * n + col;
+        if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
+          v0 = gelu_erf(v0);
+          v1 = gelu_erf(v1);
+        } else if (epi == static_cast<int>(Epilogue::kBiasResidual)) {
+          uint32_t rv;
+          if constexpr (kEarly)
+            rv = ops.res[mt][j][hh];
+          else
+            rv = *reinterpret_cast<const uint32_t*>(residual + off);
+          const float2 r = Elem<T>::unpack2(rv);
+          v0 += r.x;
+          v1 += r.y;
+        }
+        *reinterpret_cast<uint32_t*>(y + off) = Elem<T>::pack2(v0, v1);
+      }
+  }
+}
+
+// Stream kernel: BM rows of all of K in shared memory, filled once.
+template <typename T, int BM, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, 1)
+    tile_sparse_stream_kernel(const T* __restrict__ x, int m, int k, const uint4* __restrict__ tiles,
+                              const int32_t* __restrict__ row_ptr, const int32_t* __restrict__ tile_col,
+                              const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y, int n,
+                              int epi) {
+  constexpr int kMT = BM / 16;  // m16 fragments per warp
+  constexpr int kPrefetch = prefetch_depth<BM>();
+  constexpr bool kEarly = kMT <= 4;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sx = reinterpret_cast<T*>(smem_raw);  // [BM][ld]: the block's X rows
+  const int ld = k + kXPad;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int m0 = blockIdx.x * BM;
+  const int slabs = gridDim.y, slab = blockIdx.y;
+  const int slab_rows = (n / kTile - slab + slabs - 1) / slabs;
+  // This warp's tile rows: row_of(j) for j < rows (the slab's rows warp, warp + WARPS, ...).
+  const int rows = warp < slab_rows ? (slab_rows - warp + WARPS - 1) / WARPS : 0;
+  auto row_of = [&](int j) { return slab + (warp + j * WARPS) * slabs; };
+
+  // Window of rows base .. base + win - 1: lane l holds row base + l's kept tiles [lo, hi).
+  int win = 0, lo = 0, hi = 0;
+  auto load_bounds = [&](int base) {
+    win = min(rows - base, kRowWindow);
+    lo = hi = 0;
+    if (lane < win) {
+      const int tr = row_of(base + lane);
+      lo = __ldg(row_ptr + tr);
+      hi = __ldg(row_ptr + tr + 1);
+    }
+  };
+
+  // The window's kept tiles as one stream, row after row. Producer: next tile pn of window row pj (which
+  // ends at pe). Ring: the stream's next kPrefetch tiles (slot 0 is consumed next) and their columns.
+  int pj = 0, pn = 0, pe = 0;
+  uint4 wq[kPrefetch];
+  int cq[kPrefetch];
+  auto skip_done_rows = [&] {  // move the producer past rows with no tiles left (warp-uniform)
+    while (pn == pe && pj + 1 < win) {
+      ++pj;
+      pn = __shfl_sync(kFullMask, lo, pj);
+      pe = __shfl_sync(kFullMask, hi, pj);
+    }
+  };
+  auto request = [&](int slot) {  // the stream's next tile into slot (nothing once the window is done)
+    if (pn < pe) {
+      wq[slot] = __ldg(tiles + static_cast<size_t>(pn) * 32 + lane);
+      cq[slot] = __ldg(tile_col + pn);
+      ++pn;
+      skip_done_rows();
+    }
+  };
+  auto start_ring = [&] {
+    pj = 0;
+    pn = __shfl_sync(kFullMask, lo, 0);
+    pe = __shfl_sync(kFullMask, hi, 0);
+    skip_done_rows();
+#pragma unroll
+    for (int p = 0; p < kPrefetch; ++p) {
+      wq[p] = make_uint4(0, 0, 0, 0);
+      cq[p] = 0;
+      request(p);
+    }
+  };
+
+  // The CSR bounds are requested first, then X (cp.async, rows past m zero-filled), then the first
+  // W tiles; the fill completes after all of them are in flight.
+  load_bounds(0);
+  const int segs = k / 8;  // 16-byte segments per X row
+  for (int i = threadIdx.x; i < BM * segs; i += WARPS * 32) {
+    const int row = i / segs, seg = i - row * segs;
+    const bool ok = m0 + row < m;
+    const T* src = ok ? x + static_cast<size_t>(m0 + row) * k + seg * 8 : x;
+    cp_async16(sx + row * ld + seg * 8, src, ok);
+  }
+  cp_async_commit();
+  start_ring();
+  cp_async_wait<0>();
+  __syncthreads();  // the only barrier: X is in shared memory
+
+  const T* lane_x = sx + (lane & 15) * ld + (lane >> 4) * 8;
+  for (int base = 0; base < rows; base += kRowWindow) {
+    if (base > 0) {  // a warp with more than 32 tile rows: the next window (its ring ran empty)
+      load_bounds(base);
+      start_ring();
+    }
+    for (int jr = 0; jr < win; ++jr) {
+      const int tr = row_of(base + jr);
+      RowOperands<T, kMT, kEarly> ops;
+      ops.load(bias, residual, tr, m0, m, n, epi, lane);
+      float acc[kMT][2][4];
+      zero_acc(acc);
+      // Consume the row's kept tiles from the ring head; each consumed slot is refilled with the
+      // stream's next tile, which may belong to a later row (an empty row consumes nothing).
+      for (int left = __shfl_sync(kFullMask, hi, jr) - __shfl_sync(kFullMask, lo, jr); left > 0; --left) {
+        mma_tile<T, kMT>(acc, lane_x + cq[0] * kTile, ld, wq[0]);
+#pragma unroll
+        for (int p = 0; p + 1 < kPrefetch; ++p) {
+          wq[p] = wq[p + 1];
+          cq[p] = cq[p + 1];
+        }
+        request(kPrefetch - 1);
+      }
+      store_row(acc, ops, residual, y, tr, m0, m, n, epi, lane);
+    }
+  }
+}
+
+// Chunked kernel: K in chunks of chunk_tiles tile columns, one tile row per warp, a barrier per chunk.
+template <typename T, int BM, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, 2)
+    tile_sparse_chunked_kernel(const T* __restrict__ x, int m, int k, int chunk_tiles,
+                               const uint4* __restrict__ tiles, const int32_t* __restrict__ row_ptr,
+                               const int32_t* __restrict__ tile_col, const T* __restrict__ bias,
+                               const T* __restrict__ residual, T* __restrict__ y, int n, int epi) {
+  constexpr int kMT = BM / 16;  // m16 fragments per warp
+  constexpr int kPrefetch = prefetch_depth<BM>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sx = reinterpret_cast<T*>(smem_raw);  // [BM][ld]: the block's X rows of the current K chunk
   const int ld = chunk_tiles * kTile + kXPad;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int m0 = blockIdx.x * BM;
   const int slabs = gridDim.y, slab = blockIdx.y;
-  const int tile_rows = n / kTile, tile_cols = k / kTile;
-  const int slab_rows = (tile_rows - slab + slabs - 1) / slabs;
+  const int tile_cols = k / kTile;
+  const int slab_rows = (n / kTile - slab + slabs - 1) / slabs;  // at most WARPS (host)
   const int n_chunks = (tile_cols + chunk_tiles - 1) / chunk_tiles;
+  const bool active = warp < slab_rows;
+  const int tr = slab + warp * slabs;
+  const int end = active ? row_ptr[tr + 1] : 0;
+  int next = active ? row_ptr[tr] : 0;  // next kept tile to fetch
 
-  // Start copying X[m0 .. m0 + BM, chunk c] -> sx (rows past m zero-filled); wait_chunk completes it.
-  auto issue_chunk = [&](int c) {
+  // Ring of the next kPrefetch kept tiles of the tile row (column INT_MAX: none left).
+  uint4 wq[kPrefetch];
+  int cq[kPrefetch];
+#pragma unroll
+  for (int p = 0; p < kPrefetch; ++p) {
+    wq[p] = make_uint4(0, 0, 0, 0);
+    cq[p] = INT_MAX;
+    if (next < end) {
+      wq[p] = __ldg(tiles + static_cast<size_t>(next) * 32 + lane);
+      cq[p] = __ldg(tile_col + next);
+      ++next;
+    }
+  }
+  RowOperands<T, kMT, false> ops;
+  if (active) ops.load(bias, residual, tr, m0, m, n, epi, lane);
+
+  float acc[kMT][2][4];
+  zero_acc(acc);
+  const T* lane_x = sx + (lane & 15) * ld + (lane >> 4) * 8;
+  for (int c = 0; c < n_chunks; ++c) {
     const int ct0 = c * chunk_tiles;
-    const int segs = min(chunk_tiles, tile_cols - ct0) * 2;  // 16-byte segments per row
+    const int ct1 = min(ct0 + chunk_tiles, tile_cols);
+    if (c > 0) __syncthreads();  // every warp is done with the previous chunk
+    const int segs = (ct1 - ct0) * 2;  // 16-byte segments per row
     for (int i = threadIdx.x; i < BM * segs; i += WARPS * 32) {
       const int row = i / segs, seg = i - row * segs;
       const bool ok = m0 + row < m;
@@ -65,109 +312,24 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 ? 2 : 1)
       cp_async16(sx + row * ld + seg * 8, src, ok);
     }
     cp_async_commit();
-  };
-  auto wait_chunk = [] {  // the issued chunk is in shared memory and visible to the whole block
     cp_async_wait<0>();
-    __syncthreads();
-  };
-
-  if (n_chunks == 1) issue_chunk(0);  // all of K: filled once, completed after the first W tiles are requested
-  // ldmatrix.x4 addresses: lanes 0-15 point at rows 0-15 of the k-columns 0-7, lanes 16-31 at 8-15.
-  const T* lane_x = sx + (lane & 15) * ld + (lane >> 4) * 8;
-  const int g = lane >> 2, t = lane & 3;  // accumulator fragment: rows g, g + 8; columns 2t, 2t + 1
-
-  for (int base = 0; base < slab_rows; base += WARPS) {
-    const int i = base + warp;
-    const bool active = i < slab_rows;
-    const int tr = slab + i * slabs;
-    const int end = active ? row_ptr[tr + 1] : 0;
-    int next = active ? row_ptr[tr] : 0;  // next kept tile to fetch
-
-    // Ring of the next kPrefetch kept tiles of the tile row (column INT_MAX: none left).
-    uint4 wq[kPrefetch];
-    int cq[kPrefetch];
+    __syncthreads();  // the chunk is in shared memory and visible to the whole block
+    while (cq[0] < ct1) {  // the tile row's kept tiles in this chunk, in column order
+      mma_tile<T, kMT>(acc, lane_x + (cq[0] - ct0) * kTile, ld, wq[0]);
 #pragma unroll
-    for (int p = 0; p < kPrefetch; ++p) {
-      wq[p] = make_uint4(0, 0, 0, 0);
-      cq[p] = INT_MAX;
+      for (int p = 0; p + 1 < kPrefetch; ++p) {
+        wq[p] = wq[p + 1];
+        cq[p] = cq[p + 1];
+      }
+      cq[kPrefetch - 1] = INT_MAX;
       if (next < end) {
-        wq[p] = __ldg(tiles + static_cast<size_t>(next) * 32 + lane);
-        cq[p] = __ldg(tile_col + next);
+        wq[kPrefetch - 1] = __ldg(tiles + static_cast<size_t>(next) * 32 + lane);
+        cq[kPrefetch - 1] = __ldg(tile_col + next);
         ++next;
       }
     }
-
-    if (n_chunks == 1 && base == 0) wait_chunk();
-
-    float acc[kMT][2][4];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) acc[mt][j][q] = 0.0f;
-
-    for (int c = 0; c < n_chunks; ++c) {
-      if (n_chunks > 1) {
-        if (c > 0 || base > 0) __syncthreads();  // every warp is done with the previous chunk
-        issue_chunk(c);
-        wait_chunk();
-      }
-      const int ct0 = c * chunk_tiles;
-      const int ct1 = min(ct0 + chunk_tiles, tile_cols);
-      while (cq[0] < ct1) {  // the tile row's kept tiles in this chunk, in column order
-        const T* xs = lane_x + (cq[0] - ct0) * kTile;
-        const uint4 w = wq[0];
-#pragma unroll
-        for (int mt0 = 0; mt0 < kMT; mt0 += kLdGroup) {  // ldmatrix a group of fragments, then their MMAs
-          uint32_t a[kLdGroup][4];
-#pragma unroll
-          for (int i = 0; i < kLdGroup; ++i) ldmatrix_x4(a[i], xs + (mt0 + i) * 16 * ld);
-#pragma unroll
-          for (int i = 0; i < kLdGroup; ++i) {
-            mma16816<T>(acc[mt0 + i][0], a[i], w.x, w.y);
-            mma16816<T>(acc[mt0 + i][1], a[i], w.z, w.w);
-          }
-        }
-#pragma unroll
-        for (int p = 0; p + 1 < kPrefetch; ++p) {
-          wq[p] = wq[p + 1];
-          cq[p] = cq[p + 1];
-        }
-        cq[kPrefetch - 1] = INT_MAX;
-        if (next < end) {
-          wq[kPrefetch - 1] = __ldg(tiles + static_cast<size_t>(next) * 32 + lane);
-          cq[kPrefetch - 1] = __ldg(tile_col + next);
-          ++next;
-        }
-      }
-    }
-    if (!active) continue;
-
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int col = tr * kTile + j * 8 + 2 * t;
-      const float2 b = Elem<T>::unpack2(*reinterpret_cast<const uint32_t*>(bias + col));
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int row = m0 + mt * 16 + g + hh * 8;
-          if (row >= m) continue;
-          float v0 = acc[mt][j][hh * 2] + b.x, v1 = acc[mt][j][hh * 2 + 1] + b.y;
-          const size_t off = static_cast<size_t>(row) * n + col;
-          if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
-            v0 = gelu_erf(v0);
-            v1 = gelu_erf(v1);
-          } else if (epi == static_cast<int>(Epilogue::kBiasResidual)) {
-            const float2 r = Elem<T>::unpack2(*reinterpret_cast<const uint32_t*>(residual + off));
-            v0 += r.x;
-            v1 += r.y;
-          }
-          *reinterpret_cast<uint32_t*>(y + off) = Elem<T>::pack2(v0, v1);
-        }
-    }
   }
+  if (active) store_row(acc, ops, residual, y, tr, m0, m, n, epi, lane);
 }
 
 // Allow `kernel` at least `smem` bytes of dynamic shared memory on the current device and return how many
@@ -196,59 +358,69 @@ int prepare_kernel(const void* kernel, int threads, int smem) {
   return std::max(n, 1);
 }
 
-// Launch one configuration: chunk_tiles tile columns of X per shared-memory fill (all of K when they
-// fit), and the number of slabs that fills the GPU (single chunk) or gives each warp one tile row.
-template <typename T, int BM, int WARPS>
-void launch(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y, Epilogue epi,
-            const SparseDevice& dev, int chunk_tiles, cudaStream_t stream) {
-  auto kernel = tile_sparse_gemm_kernel<T, BM, WARPS>;
-  const int smem = x_smem_bytes<T>(BM, chunk_tiles * kTile);
-  const int per_sm = prepare_kernel(reinterpret_cast<const void*>(kernel), WARPS * 32, smem);
-  const int tile_rows = w.n / kTile;
-  const int m_blocks = (m + BM - 1) / BM;
-  int slabs = 0;
-  if (chunk_tiles * kTile >= w.k) {
-    const long slots = static_cast<long>(per_sm) * dev.num_sms;
-    slabs = static_cast<int>(std::clamp(slots / m_blocks, 1L, static_cast<long>(tile_rows)));
-  } else {
-    slabs = (tile_rows + WARPS - 1) / WARPS;
-  }
-  const dim3 grid(m_blocks, slabs);
+// Launch `kernel` (blocks of `warps` warps, smem bytes of shared memory) on grid and check the launch.
+template <typename Kernel, typename... Args>
+void launch_checked(Kernel kernel, dim3 grid, int warps, int smem, const DeviceSparseWeight& w, cudaStream_t stream,
+                    Args... args) {
   check(cudaGetLastError(), "an earlier CUDA call (pending before tile_sparse_gemm)");
-  kernel<<<grid, WARPS * 32, smem, stream>>>(x, m, w.k, chunk_tiles, static_cast<const uint4*>(w.tiles), w.row_ptr,
-                                             w.tile_col, bias, residual, y, w.n, static_cast<int>(epi));
+  kernel<<<grid, warps * 32, smem, stream>>>(args...);
   const std::string what = "tile_sparse_gemm (grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) +
-                           ", " + std::to_string(WARPS * 32) + " threads, " + std::to_string(smem) +
+                           ", " + std::to_string(warps * 32) + " threads, " + std::to_string(smem) +
                            " B shared, n " + std::to_string(w.n) + ", k " + std::to_string(w.k) + ")";
   check_launch(what.c_str());
 }
 
-// Pick the warps per block and the K chunk for BM rows: all of K with 8 warps when two blocks fit on
-// an SM, all of K with 16 warps when only one does, else chunks of K with 8 warps and two blocks per SM.
+// All of K in one block: as many slabs as one wave of blocks holds (resident blocks per SM x SMs over
+// the row blocks), but no more than give every warp a tile row (small batches: fewer X copies).
+template <typename T, int BM>
+void launch_stream(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
+                   Epilogue epi, const SparseDevice& dev, cudaStream_t stream) {
+  auto kernel = tile_sparse_stream_kernel<T, BM, kStreamWarps>;
+  const int smem = x_smem_bytes<T>(BM, w.k);
+  const int per_sm = prepare_kernel(reinterpret_cast<const void*>(kernel), kStreamWarps * 32, smem);
+  const int tile_rows = w.n / kTile;
+  const int m_blocks = (m + BM - 1) / BM;
+  const long slots = static_cast<long>(per_sm) * dev.num_sms;
+  const long most = (tile_rows + kStreamWarps - 1) / kStreamWarps;
+  const int slabs = static_cast<int>(std::clamp(slots / m_blocks, 1L, most));
+  launch_checked(kernel, dim3(m_blocks, slabs), kStreamWarps, smem, w, stream, x, m, w.k,
+                 static_cast<const uint4*>(w.tiles), w.row_ptr, w.tile_col, bias, residual, y, w.n,
+                 static_cast<int>(epi));
+}
+
+// K in chunks that let two blocks share an SM; one tile row per warp.
+template <typename T, int BM>
+void launch_chunked(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
+                    Epilogue epi, const SparseDevice& dev, cudaStream_t stream) {
+  auto kernel = tile_sparse_chunked_kernel<T, BM, kChunkedWarps>;
+  const int budget = std::min(kTwoPerSmSmem, dev.max_smem_per_block);
+  const int chunk_tiles = (budget / (BM * static_cast<int>(sizeof(T))) - kXPad) / kTile;
+  const int smem = x_smem_bytes<T>(BM, chunk_tiles * kTile);
+  prepare_kernel(reinterpret_cast<const void*>(kernel), kChunkedWarps * 32, smem);
+  const int tile_rows = w.n / kTile;
+  const dim3 grid((m + BM - 1) / BM, (tile_rows + kChunkedWarps - 1) / kChunkedWarps);
+  launch_checked(kernel, grid, kChunkedWarps, smem, w, stream, x, m, w.k, chunk_tiles,
+                 static_cast<const uint4*>(w.tiles), w.row_ptr, w.tile_col, bias, residual, y, w.n,
+                 static_cast<int>(epi));
+}
+
+// The stream kernel when BM rows of all of K fit into one block's shared memory, else the chunked one.
 template <typename T, int BM>
 void launch_rows(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
                  Epilogue epi, const SparseDevice& dev, cudaStream_t stream) {
-  const int tile_cols = w.k / kTile;
-  const int budget = std::min(kTwoPerSmSmem, dev.max_smem_per_block);
-  if (x_smem_bytes<T>(BM, w.k) <= budget) {
-    launch<T, BM, 8>(w, x, m, bias, residual, y, epi, dev, tile_cols, stream);
-  } else if (x_smem_bytes<T>(BM, w.k) <= dev.max_smem_per_block) {
-    launch<T, BM, 16>(w, x, m, bias, residual, y, epi, dev, tile_cols, stream);
-  } else {
-    const int chunk = (budget / (BM * static_cast<int>(sizeof(T))) - kXPad) / kTile;
-    launch<T, BM, 8>(w, x, m, bias, residual, y, epi, dev, chunk, stream);
-  }
+  if (x_smem_bytes<T>(BM, w.k) <= dev.max_smem_per_block)
+    launch_stream<T, BM>(w, x, m, bias, residual, y, epi, dev, stream);
+  else
+    launch_chunked<T, BM>(w, x, m, bias, residual, y, epi, dev, stream);
 }
 
-// Rows of X per block when not forced: 32 for small batches (more blocks: a batch of 128 rows is
-// bound by the latency of each warp's chain of W tiles); otherwise 64 when BM = 64 rows of all of K
-// fit twice into an SM's shared memory (X read once per slab, two blocks per SM hide each other's X
-// fill), else 32 when 32 rows of all of K fit into one block (K = 3072 on an H100: X read once, W
-// read M/32 times from L2), else 64 with K in chunks.
+// Rows of X per block when not forced: 32 for small batches (more row blocks for few rows); otherwise
+// 64 when 64 rows of all of K fit into a block (W read M/64 times from L2, X once per slab), else 32
+// when 32 rows do (K = 3072 on an H100), else 64 with K in chunks.
 template <typename T>
 int auto_block_rows(int m, int k, const SparseDevice& dev) {
   if (m <= 256) return 32;
-  if (x_smem_bytes<T>(64, k) <= std::min(kTwoPerSmSmem, dev.max_smem_per_block)) return 64;
+  if (x_smem_bytes<T>(64, k) <= dev.max_smem_per_block) return 64;
   if (x_smem_bytes<T>(32, k) <= dev.max_smem_per_block) return 32;
   return 64;
 }
