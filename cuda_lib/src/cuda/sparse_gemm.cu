@@ -12,8 +12,10 @@
 //  - stream (BM rows of all of K fit into one block's shared memory): each warp reads the CSR bounds of
 //    up to 32 of its tile rows at once (one lane per row) and runs ONE continuous prefetch ring of W
 //    tiles across all its rows, so the next row's tiles are in flight while a row's last MMAs and its
-//    epilogue run; a row's bias and residual are requested when its first MMA is issued. No global
-//    load of the index data sits between two tile rows.
+//    epilogue run; a row's bias and residual are requested just before its first MMA. No global load
+//    of the index data sits between two tile rows. X is held as swizzled tile columns, so each
+//    ldmatrix address is one base plus a constant (the inner loop is ~45 instructions per tile at
+//    BM = 64, 8 of them mma).
 //  - chunked (they do not fit): K is cut into chunks of chunk_tiles tile columns; every warp owns one
 //    tile row for the whole block (the host makes the slab at most one tile row per warp) and a block
 //    barrier separates the chunks.
@@ -31,17 +33,23 @@
 namespace et::cuda {
 namespace {
 
-constexpr int kXPad = 8;                   // elements of padding per X row: conflict-free ldmatrix
+constexpr int kXPad = 8;                   // elements of padding per X row of a chunked block: conflict-free ldmatrix
 constexpr int kTwoPerSmSmem = 100 * 1024;  // shared memory of a block when two share an SM (H100, A100)
 constexpr int kRowWindow = 32;             // tile rows whose CSR bounds a warp holds at once (one per lane)
 constexpr int kStreamWarps = 16;           // warps of a stream block (one block per SM shares one X copy)
 constexpr int kChunkedWarps = 8;           // warps of a chunked block (two per SM)
 constexpr unsigned kFullMask = 0xffffffffu;
 
-// Shared memory of a block holding rows x cols elements of X (rows padded by kXPad).
+// Shared memory of a chunked block holding rows x cols elements of X (rows padded by kXPad).
 template <typename T>
 constexpr int x_smem_bytes(int rows, int cols) {
   return rows * (cols + kXPad) * static_cast<int>(sizeof(T));
+}
+
+// Shared memory of a stream block: rows x k elements of X as tile columns (no padding, see the kernel).
+template <typename T>
+constexpr int stream_smem_bytes(int rows, int k) {
+  return rows * k * static_cast<int>(sizeof(T));
 }
 
 // W tiles in flight per warp: deeper for fewer rows, whose fewer MMAs per tile cover less L2 latency
@@ -61,16 +69,24 @@ __device__ __forceinline__ void zero_acc(float (&acc)[kMT][2][4]) {
       for (int q = 0; q < 4; ++q) acc[mt][j][q] = 0.0f;
 }
 
-// acc += X[BM rows, the 16 columns at xs] . tile^T for one kept tile (w: this lane's B fragments).
-// xs is the lane's ldmatrix address (lanes 0-15: rows 0-15 at columns 0-7, lanes 16-31: columns 8-15).
+// ldmatrix.x4 from a shared-window address (computed once per kernel, not converted per tile).
+__device__ __forceinline__ void ldmatrix_x4_shared(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// acc += X[BM rows, one kept tile's 16 columns] . tile^T. addr: this lane's ldmatrix address of the
+// first m16 fragment (lanes 0-15: rows 0-15 at columns 0-7, lanes 16-31: at columns 8-15), frag_bytes:
+// the distance between two m16 fragments; w: this lane's B fragments of the tile.
 template <typename T, int kMT>
-__device__ __forceinline__ void mma_tile(float (&acc)[kMT][2][4], const T* xs, int ld, const uint4& w) {
+__device__ __forceinline__ void mma_tile(float (&acc)[kMT][2][4], uint32_t addr, int frag_bytes, const uint4& w) {
   constexpr int kLdGroup = kMT < 4 ? kMT : 4;  // X fragments held in registers at once
 #pragma unroll
   for (int mt0 = 0; mt0 < kMT; mt0 += kLdGroup) {
     uint32_t a[kLdGroup][4];
 #pragma unroll
-    for (int i = 0; i < kLdGroup; ++i) ldmatrix_x4(a[i], xs + (mt0 + i) * 16 * ld);
+    for (int i = 0; i < kLdGroup; ++i) ldmatrix_x4_shared(a[i], addr + (mt0 + i) * frag_bytes);
 #pragma unroll
     for (int i = 0; i < kLdGroup; ++i) {
       mma16816<T>(acc[mt0 + i][0], a[i], w.x, w.y);
@@ -159,9 +175,12 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
   constexpr int kMT = BM / 16;  // m16 fragments per warp
   constexpr int kPrefetch = prefetch_depth<BM>();
   constexpr bool kEarly = kMT <= 4;
+  constexpr int kRowBytes = kTile * static_cast<int>(sizeof(T));  // one row of a tile column: 32 bytes
+  constexpr int kColBytes = BM * kRowBytes;                        // one tile column of the block's rows
+  // X as tile columns: [k / 16][BM rows][16 elements]. Row r's two 16-byte halves are swapped when bit 2
+  // of r is set, so the 8 rows that one 8x8 ldmatrix matrix reads fall into distinct banks.
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sx = reinterpret_cast<T*>(smem_raw);  // [BM][ld]: the block's X rows
-  const int ld = k + kXPad;
+  unsigned char* sx = smem_raw;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int m0 = blockIdx.x * BM;
   const int slabs = gridDim.y, slab = blockIdx.y;
@@ -183,8 +202,9 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
   };
 
   // The window's kept tiles as one stream, row after row. Producer: next tile pn of window row pj (which
-  // ends at pe). Ring: the stream's next kPrefetch tiles (slot 0 is consumed next) and their columns.
-  int pj = 0, pn = 0, pe = 0;
+  // ends at pe). Ring (circular): the stream's next kPrefetch tiles and their columns; slot `head` is
+  // consumed next, and a consumed slot is refilled at once with the tile kPrefetch further on.
+  int pj = 0, pn = 0, pe = 0, head = 0;
   uint4 wq[kPrefetch];
   int cq[kPrefetch];
   auto skip_done_rows = [&] {  // move the producer past rows with no tiles left (warp-uniform)
@@ -203,6 +223,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
     }
   };
   auto start_ring = [&] {
+    head = 0;
     pj = 0;
     pn = __shfl_sync(kFullMask, lo, 0);
     pe = __shfl_sync(kFullMask, hi, 0);
@@ -215,22 +236,23 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
     }
   };
 
-  // The CSR bounds are requested first, then X (cp.async, rows past m zero-filled), then the first
-  // W tiles; the fill completes after all of them are in flight.
+  // The CSR bounds are requested first, then X (cp.async, rows past m zero-filled; consecutive threads
+  // copy consecutive 16-byte halves of a tile column: conflict-free stores), then the first W tiles;
+  // the fill completes after all of them are in flight.
   load_bounds(0);
-  const int segs = k / 8;  // 16-byte segments per X row
-  for (int i = threadIdx.x; i < BM * segs; i += WARPS * 32) {
-    const int row = i / segs, seg = i - row * segs;
+  const int halves = 2 * BM * (k / kTile);
+  for (int i = threadIdx.x; i < halves; i += WARPS * 32) {
+    const int h = i & 1, row = (i >> 1) % BM, c = (i >> 1) / BM;
     const bool ok = m0 + row < m;
-    const T* src = ok ? x + static_cast<size_t>(m0 + row) * k + seg * 8 : x;
-    cp_async16(sx + row * ld + seg * 8, src, ok);
+    const T* src = ok ? x + static_cast<size_t>(m0 + row) * k + c * kTile + h * 8 : x;
+    cp_async16(sx + c * kColBytes + row * kRowBytes + ((h ^ ((row >> 2) & 1)) << 4), src, ok);
   }
   cp_async_commit();
   start_ring();
   cp_async_wait<0>();
   __syncthreads();  // the only barrier: X is in shared memory
 
-  const T* lane_x = sx + (lane & 15) * ld + (lane >> 4) * 8;
+  const uint32_t lane_sx = smem_addr(sx) + (lane & 15) * kRowBytes + (((lane >> 4) ^ ((lane >> 2) & 1)) << 4);
   for (int base = 0; base < rows; base += kRowWindow) {
     if (base > 0) {  // a warp with more than 32 tile rows: the next window (its ring ran empty)
       load_bounds(base);
@@ -243,15 +265,19 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
       float acc[kMT][2][4];
       zero_acc(acc);
       // Consume the row's kept tiles from the ring head; each consumed slot is refilled with the
-      // stream's next tile, which may belong to a later row (an empty row consumes nothing).
-      for (int left = __shfl_sync(kFullMask, hi, jr) - __shfl_sync(kFullMask, lo, jr); left > 0; --left) {
-        mma_tile<T, kMT>(acc, lane_x + cq[0] * kTile, ld, wq[0]);
+      // stream's next tile, which may belong to a later row (an empty row consumes nothing). The slots
+      // are visited in an unrolled pass so that every register index is static.
+      int left = __shfl_sync(kFullMask, hi, jr) - __shfl_sync(kFullMask, lo, jr);
+      while (left > 0) {
 #pragma unroll
-        for (int p = 0; p + 1 < kPrefetch; ++p) {
-          wq[p] = wq[p + 1];
-          cq[p] = cq[p + 1];
+        for (int s = 0; s < kPrefetch; ++s) {
+          if (s == head && left > 0) {
+            mma_tile<T, kMT>(acc, lane_sx + cq[s] * kColBytes, 16 * kRowBytes, wq[s]);
+            request(s);
+            --left;
+            head = s + 1 == kPrefetch ? 0 : s + 1;
+          }
         }
-        request(kPrefetch - 1);
       }
       store_row(acc, ops, residual, y, tr, m0, m, n, epi, lane);
     }
@@ -315,7 +341,8 @@ __global__ void __launch_bounds__(WARPS * 32, 2)
     cp_async_wait<0>();
     __syncthreads();  // the chunk is in shared memory and visible to the whole block
     while (cq[0] < ct1) {  // the tile row's kept tiles in this chunk, in column order
-      mma_tile<T, kMT>(acc, lane_x + (cq[0] - ct0) * kTile, ld, wq[0]);
+      mma_tile<T, kMT>(acc, smem_addr(lane_x + (cq[0] - ct0) * kTile), kTile * ld * static_cast<int>(sizeof(T)),
+                       wq[0]);
 #pragma unroll
       for (int p = 0; p + 1 < kPrefetch; ++p) {
         wq[p] = wq[p + 1];
@@ -376,7 +403,7 @@ template <typename T, int BM>
 void launch_stream(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
                    Epilogue epi, const SparseDevice& dev, cudaStream_t stream) {
   auto kernel = tile_sparse_stream_kernel<T, BM, kStreamWarps>;
-  const int smem = x_smem_bytes<T>(BM, w.k);
+  const int smem = stream_smem_bytes<T>(BM, w.k);
   const int per_sm = prepare_kernel(reinterpret_cast<const void*>(kernel), kStreamWarps * 32, smem);
   const int tile_rows = w.n / kTile;
   const int m_blocks = (m + BM - 1) / BM;
@@ -408,7 +435,7 @@ void launch_chunked(const DeviceSparseWeight& w, const T* x, int m, const T* bia
 template <typename T, int BM>
 void launch_rows(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
                  Epilogue epi, const SparseDevice& dev, cudaStream_t stream) {
-  if (x_smem_bytes<T>(BM, w.k) <= dev.max_smem_per_block)
+  if (stream_smem_bytes<T>(BM, w.k) <= dev.max_smem_per_block)
     launch_stream<T, BM>(w, x, m, bias, residual, y, epi, dev, stream);
   else
     launch_chunked<T, BM>(w, x, m, bias, residual, y, epi, dev, stream);
@@ -420,8 +447,8 @@ void launch_rows(const DeviceSparseWeight& w, const T* x, int m, const T* bias, 
 template <typename T>
 int auto_block_rows(int m, int k, const SparseDevice& dev) {
   if (m <= 256) return 32;
-  if (x_smem_bytes<T>(64, k) <= dev.max_smem_per_block) return 64;
-  if (x_smem_bytes<T>(32, k) <= dev.max_smem_per_block) return 32;
+  if (stream_smem_bytes<T>(64, k) <= dev.max_smem_per_block) return 64;
+  if (stream_smem_bytes<T>(32, k) <= dev.max_smem_per_block) return 32;
   return 64;
 }
 
