@@ -80,7 +80,7 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     """HEAD of the repository, else ``$ET_GIT_COMMIT`` (a copy without ``.git``, e.g. on a lent GPU machine)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
@@ -152,7 +152,7 @@ def open_parent(run_dir: Path, run_name: str, mlflow_cfg: dict, config: dict, cf
         except Exception:
             parent_id = None
     if parent_id is None:
-        tags = {"mlflow.runName": f"pipeline:{run_name}", "git_commit": _git_commit(), "config_hash": cfg_hash,
+        tags = {"mlflow.runName": f"pipeline:{run_name}", "git_commit": git_commit(), "config_hash": cfg_hash,
                 "kind": "pipeline", **device_tags()}
         parent_id = _retry(mlc.create_run, exp_id, tags=tags).info.run_id
         flat = _flatten({k: v for k, v in config.items() if k != "presets"})
@@ -160,7 +160,7 @@ def open_parent(run_dir: Path, run_name: str, mlflow_cfg: dict, config: dict, cf
     else:
         _retry(mlc.update_run, parent_id, status="RUNNING")
         _retry(mlc.set_tag, parent_id, "config_hash", cfg_hash)
-        _retry(mlc.set_tag, parent_id, "git_commit", _git_commit())
+        _retry(mlc.set_tag, parent_id, "git_commit", git_commit())
         _mark_stale_children(mlc, exp_id, parent_id)
     info = {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent_id, "run_name": run_name}
     tmp = parent_path.with_name(parent_path.name + ".tmp")
@@ -291,7 +291,7 @@ def stage_run(run_dir: Path | None, stage: str, params: dict[str, Any], tags: di
         mlc = client(info["tracking_uri"])
         exp_id = info["experiment_id"]
         parent_tags = {"mlflow.parentRunId": info["parent_run_id"]}
-    all_tags = {"mlflow.runName": stage, "stage": stage, "git_commit": _git_commit(), **device_tags(), **parent_tags}
+    all_tags = {"mlflow.runName": stage, "stage": stage, "git_commit": git_commit(), **device_tags(), **parent_tags}
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
     run_id = _retry(mlc.create_run, exp_id, tags=all_tags).info.run_id
     run = StageRun(mlc, run_id, exp_id)

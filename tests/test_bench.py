@@ -103,10 +103,13 @@ def test_headline_metrics_and_markdown():
                  "headline_ms": 1.0, "headline_batch": 32.0}
     meta = {"command": "python -m pipeline_steps.bench --standalone", "device": "NVIDIA H100 80GB HBM3",
             "torch": "2.11", "cuda_runtime": "13.0", "transformers": "5", "date": "2026-11-25 03:00",
-            "gemm_tflops": 750.0, "copy_gbs": 3000.0, "warmup": 10, "iters": 50, "skipped": []}
-    md = bench.benchmarks_markdown(meta, rows, m)
+            "gemm_tflops": 750.0, "copy_gbs": 3000.0, "warmup": 10, "iters": 50, "skipped": [], "commit": "abc123"}
+    md = bench.benchmarks_markdown(meta, rows, m, ["latency_vs_batch.png"], "docs/benchmarks")
     assert "NVIDIA H100 80GB HBM3" in md and "`python -m pipeline_steps.bench --standalone`" in md
+    assert "- commit: abc123" in md
+    assert "![latency vs batch](docs/benchmarks/latency_vs_batch.png)" in md
     assert md.count("| bert-base |") == len(rows)
+    assert "## Plots" not in bench.benchmarks_markdown(meta, rows, m, [], "docs/benchmarks")
 
 
 def _pipeline_rows() -> list[dict]:
