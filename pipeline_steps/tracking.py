@@ -81,14 +81,15 @@ def client(uri: str):
 
 
 def git_commit() -> str:
-    """HEAD of the repository, else ``$ET_GIT_COMMIT`` (a copy without ``.git``, e.g. on a lent GPU machine)."""
+    """``$ET_GIT_COMMIT`` when set (a copied tree, e.g. on a lent GPU machine, whose ``.git`` may be absent or
+    stale), else HEAD of the repository."""
+    if os.environ.get("ET_GIT_COMMIT"):
+        return os.environ["ET_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
+        return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
-        pass
-    return os.environ.get("ET_GIT_COMMIT", "unknown")
+        return "unknown"
 
 
 def device_tags() -> dict[str, str]:
