@@ -36,7 +36,12 @@ namespace {
 constexpr int kXPad = 8;                   // elements of padding per X row of a chunked block: conflict-free ldmatrix
 constexpr int kTwoPerSmSmem = 100 * 1024;  // shared memory of a block when two share an SM (H100, A100)
 constexpr int kRowWindow = 32;             // tile rows whose CSR bounds a warp holds at once (one per lane)
-constexpr int kStreamWarps = 16;           // warps of a stream block (one block per SM shares one X copy)
+// Warps of a stream block (one block per SM shares one X copy): 16, or 8 for BM = 128, whose 64
+// accumulators per thread need more than the 128 registers a 512-thread block allows (spills on sm_80).
+template <int BM>
+constexpr int stream_warps() {
+  return BM >= 128 ? 8 : 16;
+}
 constexpr int kChunkedWarps = 8;           // warps of a chunked block (two per SM)
 constexpr unsigned kFullMask = 0xffffffffu;
 
@@ -402,6 +407,7 @@ void launch_checked(Kernel kernel, dim3 grid, int warps, int smem, const DeviceS
 template <typename T, int BM>
 void launch_stream(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
                    Epilogue epi, const SparseDevice& dev, cudaStream_t stream) {
+  constexpr int kStreamWarps = stream_warps<BM>();
   auto kernel = tile_sparse_stream_kernel<T, BM, kStreamWarps>;
   const int smem = stream_smem_bytes<T>(BM, w.k);
   const int per_sm = prepare_kernel(reinterpret_cast<const void*>(kernel), kStreamWarps * 32, smem);
