@@ -378,18 +378,27 @@ def headline_shape(rows: list[dict], cuda: bool) -> tuple[str, int, int | None, 
     return (names[0], max(CPU_BATCHES), max(CPU_SEQS), "uniform") if names else None
 
 
+def headline_rows(rows: list[dict], cuda: bool) -> tuple[tuple[str, int, int | None, str], list[dict]] | None:
+    """The headline shape (:func:`headline_shape`) and the rows measured at it (None: no headline)."""
+    shape = headline_shape(rows, cuda)
+    if shape is None:
+        return None
+    name, b, s, kind = shape
+    return shape, [r for r in rows if (r["model"], r["batch"], r["lengths"]) == (name, b, kind)
+                   and s in (None, r["seq"])]
+
+
 def headline_metrics(rows: list[dict], cuda: bool) -> dict[str, float]:
     """At the headline shape (:func:`headline_shape`): speedups of our dense padding-free engine over
     the PyTorch systems (``speedup_vs_compile`` / ``_eager`` / ``_sdpa``, ``headline_ms``) and, for
     each pruned sparsity s measured there, ``speedup_vs_dense_s<s>`` (over our dense engine) and the
     speedups of the pruned engine over the PyTorch systems (``speedup_vs_compile_s<s>``, ...)."""
     out: dict[str, float] = {"gpu": float(cuda)}
-    shape = headline_shape(rows, cuda)
-    if shape is None:
+    headline = headline_rows(rows, cuda)
+    if headline is None:
         return out
-    name, b, s, kind = shape
+    (_, b, _, _), at = headline
     ours_system = "et-cuda-packed" if cuda else "et-cpu-packed"
-    at = [r for r in rows if (r["model"], r["batch"], r["lengths"]) == (name, b, kind) and s in (None, r["seq"])]
 
     def pick(system: str, sparsity: float | None) -> float | None:
         return next((r["ms_median"] for r in at if r["system"] == system
@@ -640,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
             sparsities = [float(s) for s in args.sparsities.split(",") if s]
             for shape in [s for s in args.shapes.split(",") if s]:
                 systems = Systems(ctx, *random_model_manifests(ctx, shape, sparsities))
-                grid = [(int(s), int(b)) for s in args.seqs.split(",") for b in args.batches.split(",")]
+                grid = [(s, b) for s in _ints(args.seqs) for b in _ints(args.batches)]
                 try:
                     for seq, batch in tqdm(grid, desc=f"bench {shape}", unit="shape"):
                         bench_shape(systems, shape, batch, np.full(batch, seq, np.int32), "uniform", rng,

@@ -218,13 +218,11 @@ def accuracy_rows(runs: list[tuple[str, dict, dict]], link_root: str) -> list[st
 def bench_headline(run: str, bench_json: dict, link_root: str) -> list[str]:
     """Sentences on the bench headline of one run (our dense engine vs the PyTorch systems, and each
     tile-pruned model against our dense engine), from its bench.json rows."""
-    rows, meta = bench_json.get("rows", []), bench_json.get("meta", {})
-    shape = bench.headline_shape(rows, bool(meta.get("gpu")))
-    if shape is None:
+    meta = bench_json.get("meta", {})
+    headline = bench.headline_rows(bench_json.get("rows", []), bool(meta.get("gpu")))
+    if headline is None:
         return []
-    model, batch, seq, kind = shape
-    sel = [r for r in rows if (r["model"], r["batch"], r["lengths"]) == (model, batch, kind)
-           and seq in (None, r["seq"])]
+    (model, batch, seq, kind), sel = headline
     ms = {(r["system"], r["sparsity"]): r["ms_median"] for r in sel}
     dense = ms.get(("et-cuda-packed", 0.0))
     if dense is None:
