@@ -105,7 +105,7 @@ def _stage_rank(stage: str) -> tuple[int, str]:
 def bench_section(bench: dict, plots: list[str]) -> list[str]:
     """report.md lines of the benchmark: device and ceilings, every system at the headline shape (ms, the
     repeat, TFLOP/s, speed relative to our dense engine), then the ``plots`` (paths relative to report.md)."""
-    from .bench import headline_shape
+    from .bench import headline_rows
 
     meta, rows = bench.get("meta", {}), bench.get("rows", [])
     gpu = bool(meta.get("gpu"))
@@ -117,10 +117,9 @@ def bench_section(bench: dict, plots: list[str]) -> list[str]:
                      f"copy {meta.get('copy_gbs', float('nan')):.0f} GB/s")
     lines.append(f"- torch {meta.get('torch')}, transformers {meta.get('transformers')}; median of "
                  f"{meta.get('iters')} runs after {meta.get('warmup')} warm-up, each measured twice")
-    shape = headline_shape(rows, gpu)
-    if shape is not None:
-        name, batch, seq, kind = shape
-        at = [r for r in rows if (r["model"], r["batch"], r["lengths"]) == (name, batch, kind) and seq in (None, r["seq"])]
+    headline = headline_rows(rows, gpu)
+    if headline is not None:
+        (name, batch, seq, kind), at = headline
         ours = "et-cuda-packed" if gpu else "et-cpu-packed"
         dense = next((r["ms_median"] for r in at if r["system"] == ours and r["sparsity"] == 0.0), None)
         lengths = "dev-set lengths" if kind == "dev" else f"{kind} lengths"
