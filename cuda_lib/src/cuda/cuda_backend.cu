@@ -190,8 +190,7 @@ class CudaEngine final : public Backend {
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
     name_ = prop.name;
-    num_sms_ = prop.multiProcessorCount;
-    sparse_dev_ = SparseDevice{num_sms_, static_cast<int>(prop.sharedMemPerBlockOptin)};
+    sparse_dev_ = SparseDevice{prop.multiProcessorCount, static_cast<int>(prop.sharedMemPerBlockOptin)};
     short_max_ = static_cast<int>(env_number("ET_ATTN_SHORT_MAX", kDefaultShortMax));
     poison_ = env_number("ET_POISON_WORKSPACE", 0) != 0;
     sparse_bm_ = static_cast<int>(env_number("ET_SPARSE_BM", 0));
@@ -437,7 +436,6 @@ class CudaEngine final : public Backend {
   et_precision precision_;
   int device_;
   std::string name_;
-  int num_sms_ = 0;
   SparseDevice sparse_dev_;
   int short_max_ = kDefaultShortMax;
   bool poison_ = false;
