@@ -34,7 +34,7 @@ namespace {
 constexpr double kDefaultSparseMaxDensity = 0.4;
 constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
 constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)
-// Measured on an H100 (NOTES.md, session 2 run 7): the X-stationary tile-sparse kernel is still slower
+// Measured on an H100 (NOTES.md, session 2 runs 9 and 12): the X-stationary tile-sparse kernel is still slower
 // than cuBLASLt on the zero-filled weights at every density 0.1-0.5 and batch 1-32 x 128, so by default
 // no batch takes it; ET_SPARSE_MAX_ROWS opts in (the batches of at most that many token rows).
 constexpr int64_t kDefaultSparseMaxRows = 0;
