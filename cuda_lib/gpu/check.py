@@ -5,7 +5,10 @@ sparsity), random pruned heads and pruned head dimensions, on fresh random ragge
 1..512, batches 1..128), compares the CUDA engine (fp16, and bf16 once) with a float64 PyTorch
 reference (HF ``transformers`` in float64 on the GPU) and, on the smaller cases, with libet's CPU
 backend: relative error ||out - ref|| / ||ref|| of the last hidden states and of the logits, packed
-(padding-free) and padded paths. The engine's workspace is poisoned with NaNs before every forward
+(padding-free) and padded paths. The reference that decides pass/fail runs the weights the engine holds
+(the model's weights rounded to fp16 / bf16, then computed in float64), so it measures the kernels'
+arithmetic; the error against the unrounded weights (which adds the rounding of the weights themselves,
+a property of the number format that PyTorch's fp16 model has too) is reported beside it. The engine's workspace is poisoned with NaNs before every forward
 (ET_POISON_WORKSPACE=1), so any element a kernel fails to write shows up. An out-of-memory case checks
 that ET_ERR_OUT_OF_MEMORY is returned and the model stays usable; four threads sharing one model get
 the sequential results. Prints a pass/fail table; exits 1 on any failure.
@@ -114,7 +117,9 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
                                        seed=seed + 1)
     manifest = random_bert.export(model, masks, work / f"m{seed}")
     model16 = copy.deepcopy(model).half().to(device) if case.precision == "fp16" else None  # torch's own fp16 error
-    model64 = model.double().to(device)
+    held = torch.float16 if case.precision == "fp16" else torch.bfloat16
+    model64 = copy.deepcopy(model).to(held).double().to(device)  # the weights the engine holds, in float64
+    model64_w32 = model.double().to(device)                       # the unrounded weights, in float64
     rows = []
     os.environ["ET_SPARSE_BM"] = case.sparse_bm  # read at load
     with Engine(lib, manifest, backend="cuda", precision=case.precision) as eng:
@@ -125,6 +130,7 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
                 tokens = rng.integers(0, case.vocab, size=total, dtype=np.int32)
                 segments = rng.integers(0, 2, size=total, dtype=np.int32)
                 ref_logits, ref_hidden = reference(model64, tokens, segments, lengths, device)
+                w32_logits, w32_hidden = reference(model64_w32, tokens, segments, lengths, device)
                 if model16 is not None:
                     t_logits, t_hidden = reference(model16, tokens, segments, lengths, device)
                 row = {"case": case.name, "precision": case.precision, "batch": len(lengths),
@@ -134,6 +140,8 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
                     tag = "padded" if padded else "packed"
                     row[f"{tag}_hidden_rel"] = rel(hidden, ref_hidden)
                     row[f"{tag}_logits_rel"] = rel(logits, ref_logits)
+                    row[f"w32_{tag}_hidden_rel"] = rel(hidden, w32_hidden)
+                    row[f"w32_{tag}_logits_rel"] = rel(logits, w32_logits)
                 if cpu is not None:
                     c_logits, c_hidden = cpu.forward(tokens, lengths, segments, return_hidden=True)
                     row["cpu_hidden_rel"] = rel(hidden, c_hidden)
@@ -141,7 +149,9 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
                 if model16 is not None:
                     row["torch_fp16_hidden_rel"] = rel(t_hidden, ref_hidden)
                     row["torch_fp16_logits_rel"] = rel(t_logits, ref_logits)
-                errs = [v for k, v in row.items() if k.endswith("_rel") and not k.startswith(("cpu_vs_ref", "torch_"))]
+                    row["w32_torch_fp16_hidden_rel"] = rel(t_hidden, w32_hidden)
+                errs = [v for k, v in row.items()
+                        if k.endswith("_rel") and not k.startswith(("cpu_vs_ref", "torch_", "w32_"))]
                 row["max_rel"] = max(errs)
                 row["pass"] = row["max_rel"] <= TOL[case.precision]
                 rows.append(row)
@@ -149,7 +159,7 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
         finally:
             if cpu is not None:
                 cpu.close()
-    del model64, model16
+    del model64, model64_w32, model16
     torch.cuda.empty_cache()
     return rows
 
@@ -231,8 +241,10 @@ def main() -> int:
                 rows.append({"case": name, "pass": False, "error": f"{type(exc).__name__}: {exc}"})
     if args.json:
         args.json.write_text(json.dumps({"seed": args.seed, "rows": rows}, indent=1))
-    print(f"\nseed {args.seed}; tolerance fp16 {TOL['fp16']}, bf16 {TOL['bf16']} (relative L2 vs float64)")
-    print(f"{'case':28s} {'batch':>5s} {'maxlen':>6s} {'packed':>9s} {'padded':>9s} {'vs cpu':>9s} {'torch16':>9s}  result")
+    print(f"\nseed {args.seed}; tolerance fp16 {TOL['fp16']}, bf16 {TOL['bf16']} (relative L2 vs float64 on the weights "
+          "the engine holds; 'w32' columns: vs float64 on the unrounded weights)")
+    print(f"{'case':28s} {'batch':>5s} {'maxlen':>6s} {'packed':>9s} {'padded':>9s} {'vs cpu':>9s} {'torch16':>9s} "
+          f"{'logits':>9s} {'w32':>9s} {'w32 t16':>9s}  result")
     for r in rows:
         if "error" in r:
             print(f"{r['case']:28s} {'':>5s} {'':>6s} {'':>9s} {'':>9s} {'':>9s}  FAIL {r['error'][:80]}")
@@ -241,8 +253,10 @@ def main() -> int:
         else:
             cpu = f"{r['cpu_hidden_rel']:.2e}" if "cpu_hidden_rel" in r else "-"
             t16 = f"{r['torch_fp16_hidden_rel']:.2e}" if "torch_fp16_hidden_rel" in r else "-"
+            w16 = f"{r['w32_torch_fp16_hidden_rel']:.2e}" if "w32_torch_fp16_hidden_rel" in r else "-"
             print(f"{r['case']:28s} {r['batch']:5d} {r['max_len']:6d} {r['packed_hidden_rel']:9.2e} "
-                  f"{r['padded_hidden_rel']:9.2e} {cpu:>9s} {t16:>9s}  {'pass' if r['pass'] else 'FAIL'} "
+                  f"{r['padded_hidden_rel']:9.2e} {cpu:>9s} {t16:>9s} {r['packed_logits_rel']:9.2e} "
+                  f"{r['w32_packed_hidden_rel']:9.2e} {w16:>9s}  {'pass' if r['pass'] else 'FAIL'} "
                   f"(max {r['max_rel']:.2e})")
     failed = sum(not r["pass"] for r in rows)
     print(f"{len(rows) - failed}/{len(rows)} passed")

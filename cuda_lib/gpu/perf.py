@@ -10,6 +10,8 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   density      sparse kernel vs cuBLASLt on the same pruned model at several densities (the
                ET_SPARSE_MAX_DENSITY threshold), and the sparse kernel's rows per block (ET_SPARSE_BM)
   untuned      the same dense/b1/ragged rows with cuBLASLt's first heuristic choice (ET_GEMM_TUNE=1)
+  variants     dense/b1/ragged with the exact erf GELU pass (ET_EXACT_GELU=1), without programmatic dependent
+               launch (ET_PDL=0), and with 32 timed cuBLASLt candidates (ET_GEMM_TUNE=32)
   attention    (--attention) whole-sequence vs streaming operator by length (the ET_ATTN_SHORT_MAX switch)
 Each timing: 10 warm-up + median of 50 CUDA-event-timed runs, measured twice. Writes --json and
 prints a table last.
@@ -120,8 +122,18 @@ def main() -> int:
         for seq in (64, 256, 512):
             lens = np.full(32 if seq < 512 else 8, seq, np.int32)
             p.record(f"dense b{lens.size} s{seq} (graph)", p.engine_ms(eng, lens), bench.forward_flops(DIMS, lens, False))
-    with env(ET_DENSE_TANH_GELU="1"), Engine(p.lib, dense, backend="cuda") as eng:
-        p.record("dense b32 s128 cuBLASLt tanh-GELU epilogue", p.engine_ms(eng, b32), f32)
+    # the same rows with one engine choice switched: exact erf GELU pass instead of the fused tanh form,
+    # no programmatic dependent launch, 32 instead of 8 timed cuBLASLt candidates per shape
+    for tag, knob in (("exact-erf GELU pass", {"ET_EXACT_GELU": "1"}), ("no early launch", {"ET_PDL": "0"}),
+                      ("32 cuBLASLt candidates", {"ET_GEMM_TUNE": "32"})):
+        with env(**knob), Engine(p.lib, dense, backend="cuda") as eng:
+            p.record(f"dense b32 s128 {tag}", p.engine_ms(eng, b32), f32)
+            p.record(f"dense b1 s128 {tag}", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
+            kp = p.record(f"ragged U[16,128] b32 packed {tag}", p.engine_ms(eng, ragged),
+                          bench.forward_flops(DIMS, ragged, False))
+            kd = p.record(f"ragged U[16,128] b32 padded {tag}", p.engine_ms(eng, ragged, padded=True),
+                          bench.forward_flops(DIMS, ragged, True))
+            kp["padded_over_packed"] = kd["ms_median"] / kp["ms_median"]
     with env(ET_GEMM_TUNE="1"), Engine(p.lib, dense, backend="cuda") as eng:  # cuBLASLt heuristic's first choice
         p.record("dense b32 s128 untuned cuBLASLt", p.engine_ms(eng, b32), f32)
         p.record("dense b1 s128 untuned cuBLASLt", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))

@@ -174,6 +174,7 @@ template <typename T, int D>
 __global__ void attention_short_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out, int out_ld,
                                        const int32_t* __restrict__ slots, const int32_t* __restrict__ seq_start,
                                        const int32_t* __restrict__ seq_len, int rows, float scale_log2) {
+  pdl_enter();
   constexpr int LD = padded_ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);
@@ -202,6 +203,7 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
                                                              int out_ld, const int32_t* __restrict__ slots,
                                                              const int32_t* __restrict__ seq_start,
                                                              const int32_t* __restrict__ seq_len, float scale_log2) {
+  pdl_enter();
   constexpr int LD = padded_ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);
@@ -240,7 +242,7 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
 template <typename T, int D>
 void launch_attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
                       const int32_t* seq_len, int batch, int max_len, float scale_log2, bool use_short,
-                      cudaStream_t stream) {
+                      const Stream& stream) {
   constexpr int LD = padded_ld<D>();
   if (use_short) {
     const int rows = (max_len + 15) / 16 * 16;
@@ -251,9 +253,8 @@ void launch_attention(const T* qkv, int qkv_ld, T* out, int out_ld, const Device
                                         "cudaFuncSetAttribute(attention_short)"),
                                   true);
     (void)attr_set;
-    kernel<<<dim3(heads.count, batch), rows / 16 * 32, smem, stream>>>(qkv, qkv_ld, out, out_ld, heads.slots,
-                                                                      seq_start, seq_len, rows, scale_log2);
-    check_launch("attention_short");
+    launch("attention_short", kernel, dim3(heads.count, batch), dim3(rows / 16 * 32), smem, stream, qkv, qkv_ld, out,
+           out_ld, heads.slots, seq_start, seq_len, rows, scale_log2);
   } else {
     const size_t smem = static_cast<size_t>(kLongQ + 4 * kLongK) * LD * sizeof(T);
     auto kernel = attention_long_kernel<T, D>;
@@ -262,9 +263,8 @@ void launch_attention(const T* qkv, int qkv_ld, T* out, int out_ld, const Device
                "cudaFuncSetAttribute(attention_long)"),
          true);
     (void)attr_set;
-    kernel<<<dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), 128, smem, stream>>>(
-        qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
-    check_launch("attention_long");
+    launch("attention_long", kernel, dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), dim3(128), smem,
+           stream, qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
   }
 }
 
@@ -273,7 +273,7 @@ void launch_attention(const T* qkv, int qkv_ld, T* out, int out_ld, const Device
 template <typename T>
 void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, int max_dqk, int max_dv,
                const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
-               int short_max, cudaStream_t stream) {
+               int short_max, const Stream& stream) {
   const float scale_log2 = scale * 1.4426950408889634f;
   const bool use_short = max_len <= std::min(short_max, kShortKeys);
   if (std::max(max_dqk, max_dv) <= 64)
@@ -285,8 +285,8 @@ void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& 
 }
 
 template void attention<__half>(const __half*, int, __half*, int, const DeviceHeads&, int, int, const int32_t*,
-                                const int32_t*, int, int, float, int, cudaStream_t);
+                                const int32_t*, int, int, float, int, const Stream&);
 template void attention<__nv_bfloat16>(const __nv_bfloat16*, int, __nv_bfloat16*, int, const DeviceHeads&, int, int,
-                                       const int32_t*, const int32_t*, int, int, float, int, cudaStream_t);
+                                       const int32_t*, const int32_t*, int, int, float, int, const Stream&);
 
 }  // namespace et::cuda

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "backend.h"
 
@@ -99,8 +100,48 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+// The tanh form of GELU (the one cuBLASLt's GELU epilogue computes), 0.5·x·(1 + tanh(u)) written as
+// x·sigmoid(2u): one fast exponential, few registers.
+__device__ __forceinline__ float gelu_tanh(float x) {
+  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  return __fdividef(x, 1.0f + __expf(-2.0f * u));
+}
 
 // Epilogue applied to a GEMM's fp32 accumulator before the fp16/bf16 store.
-enum class Epilogue : int { kBias = 0, kBiasGelu = 1, kBiasResidual = 2 };
+enum class Epilogue : int { kBias = 0, kBiasGelu = 1, kBiasResidual = 2, kBiasGeluTanh = 3 };
+
+// A stream and whether the kernels launched on it may use programmatic dependent launch (sm_90+):
+// such a kernel is scheduled while the kernel before it drains, and waits in pdl_enter() until that
+// kernel has finished and its writes are visible.
+struct Stream {
+  cudaStream_t handle = nullptr;
+  bool early_launch = false;
+};
+
+// First statement of every kernel launched through launch(): wait for the kernels before it on the
+// stream (a no-op unless it was launched early), then let the next early-launched kernel be scheduled.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Launch `kernel` on s (early when s allows it) and check the launch.
+template <typename... Params, typename... Args>
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Stream& s,
+            Args&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s.handle;
+  cfg.attrs = s.early_launch ? &attr : nullptr;
+  cfg.numAttrs = s.early_launch ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), name);
+}
 
 }  // namespace et::cuda

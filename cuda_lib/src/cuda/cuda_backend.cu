@@ -7,7 +7,9 @@
 //   ET_SPARSE_MAX_ROWS     ... and the batch has at most this many token rows (larger: cuBLASLt)
 //   ET_ATTN_SHORT_MAX      longest batch sequence that uses the whole-sequence attention operator
 //   ET_POISON_WORKSPACE=1  fill the workspace with NaNs before each forward (tests catch unwritten data)
-//   ET_DENSE_TANH_GELU=1   dense FFN1 uses cuBLASLt's fused tanh-GELU epilogue instead of exact erf GELU
+//   ET_EXACT_GELU=1        FFN1's GELU in the exact erf form (a separate pass after cuBLASLt) instead of the tanh
+//                          form that cuBLASLt's epilogue fuses (the default)
+//   ET_PDL=0               launch no kernel early (programmatic dependent launch, on by default on sm_90+)
 //   ET_SPARSE_BM           rows of X per block of the tile-sparse GEMM: 0 auto, 32, 64 or 128
 #include <cuda_runtime.h>
 
@@ -191,6 +193,7 @@ class CudaEngine final : public Backend {
     check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
     name_ = prop.name;
     sparse_dev_ = SparseDevice{prop.multiProcessorCount, static_cast<int>(prop.sharedMemPerBlockOptin)};
+    early_launch_ = prop.major >= 9 && env_number("ET_PDL", 1) != 0;
     short_max_ = static_cast<int>(env_number("ET_ATTN_SHORT_MAX", kDefaultShortMax));
     poison_ = env_number("ET_POISON_WORKSPACE", 0) != 0;
     sparse_bm_ = static_cast<int>(env_number("ET_SPARSE_BM", 0));
@@ -199,14 +202,14 @@ class CudaEngine final : public Backend {
     const double max_rows = env_number("ET_SPARSE_MAX_ROWS", static_cast<double>(kDefaultSparseMaxRows));
     sparse_max_rows_ = max_rows >= 9.0e18 ? INT64_MAX : static_cast<int64_t>(max_rows);
     const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
-    const bool tanh_gelu = env_number("ET_DENSE_TANH_GELU", 0) != 0;
+    gelu_ = env_number("ET_EXACT_GELU", 0) != 0 ? Epilogue::kBiasGelu : Epilogue::kBiasGeluTanh;
     const int gemm_tune = static_cast<int>(env_number("ET_GEMM_TUNE", kDefaultGemmTune));
 
     const Model& m = *model_;
     prepared_ = prepare_model(m, max_density);
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     try {
-      gemm_ = std::make_unique<DenseGemm>(tanh_gelu, gemm_tune);
+      gemm_ = std::make_unique<DenseGemm>(gemm_tune);
       word_ = upload_as<T>(m.word_emb);
       pos_ = upload_as<T>(m.pos_emb);
       type_ = upload_as<T>(m.type_emb);
@@ -243,7 +246,7 @@ class CudaEngine final : public Backend {
     const int labels = model_->cfg.labels, H = model_->cfg.hidden;
     if (hidden) {
       gather_rows_f32(ws_.x.as<T>(), idx(ws_.rows_cap * 3 + ws_.batch_cap * 3), static_cast<int>(b.total_tokens), H,
-                      ws_.hidden.as<float>(), stream_);
+                      ws_.hidden.as<float>(), Stream{stream_, false});
     }
     check(cudaMemcpyAsync(ws_.logits_host.as<float>(), ws_.logits.as<float>(),
                           sizeof(float) * static_cast<size_t>(b.batch) * labels, cudaMemcpyDeviceToHost, stream_),
@@ -354,11 +357,15 @@ class CudaEngine final : public Backend {
     return s;
   }
 
+  // Kernels of the forward after its first: launched early where the GPU allows it.
+  Stream layer_stream() const { return Stream{stream_, early_launch_}; }
+
   void linear(const DeviceLinear<T>& l, const T* x, int m, const T* residual, T* y, Epilogue epi) {
     if (l.sparse && m <= sparse_max_rows_)
-      sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, sparse_dev_, sparse_bm_, stream_);
+      sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, sparse_dev_, sparse_bm_, layer_stream());
     else
-      gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi, stream_);
+      gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi,
+                    layer_stream());
   }
 
   // The whole forward on stream_, reading the staged indices (capturable: no host synchronisation).
@@ -370,20 +377,22 @@ class CudaEngine final : public Backend {
     T *x = ws_.x.as<T>(), *x2 = ws_.x2.as<T>(), *tmp = ws_.tmp.as<T>(), *qkv = ws_.qkv.as<T>(),
       *att = ws_.att.as<T>(), *ffn = ws_.ffn.as<T>();
     embed_layernorm<T>(tok, seg, pos, s.rows, H, word_.as<T>(), pos_.as<T>(), type_.as<T>(), emb_g_.as<T>(),
-                       emb_b_.as<T>(), c.layer_norm_eps, x, stream_);
+                       emb_b_.as<T>(), c.layer_norm_eps, x, Stream{stream_, false});
     for (const DeviceLayer<T>& L : layers_) {
       linear(L.qkv, x, s.rows, nullptr, qkv, Epilogue::kBias);
       attention<T>(qkv, L.qkv.n, att, L.o.k, DeviceHeads{L.n_heads, L.heads.template as<int32_t>()},
                    prepared_.max_dqk, prepared_.max_dv, start, len, s.batch, s.max_len, prepared_.attn_scale,
-                   short_max_, stream_);
+                   short_max_, layer_stream());
       linear(L.o, att, s.rows, x, tmp, Epilogue::kBiasResidual);
-      layernorm<T>(tmp, s.rows, H, L.ln1g.template as<T>(), L.ln1b.template as<T>(), c.layer_norm_eps, x2, stream_);
-      linear(L.ffn1, x2, s.rows, nullptr, ffn, Epilogue::kBiasGelu);
+      layernorm<T>(tmp, s.rows, H, L.ln1g.template as<T>(), L.ln1b.template as<T>(), c.layer_norm_eps, x2,
+                   layer_stream());
+      linear(L.ffn1, x2, s.rows, nullptr, ffn, gelu_);
       linear(L.ffn2, ffn, s.rows, x2, tmp, Epilogue::kBiasResidual);
-      layernorm<T>(tmp, s.rows, H, L.ln2g.template as<T>(), L.ln2b.template as<T>(), c.layer_norm_eps, x, stream_);
+      layernorm<T>(tmp, s.rows, H, L.ln2g.template as<T>(), L.ln2b.template as<T>(), c.layer_norm_eps, x,
+                   layer_stream());
     }
     pooler_classifier<T>(x, cls, s.batch, H, pool_w_.as<T>(), pool_b_.as<T>(), cls_w_.as<T>(), cls_b_.as<T>(),
-                         c.labels, ws_.pooled.as<float>(), ws_.logits.as<float>(), stream_);
+                         c.labels, ws_.pooled.as<float>(), ws_.logits.as<float>(), layer_stream());
   }
 
   // Run the forward of shape s: replay its CUDA graph (captured on first use, after one eager run
@@ -440,6 +449,8 @@ class CudaEngine final : public Backend {
   int short_max_ = kDefaultShortMax;
   bool poison_ = false;
   int sparse_bm_ = 0;  // 0: chosen per batch
+  bool early_launch_ = false;
+  Epilogue gelu_ = Epilogue::kBiasGeluTanh;
   int64_t sparse_max_rows_ = kDefaultSparseMaxRows;
   PreparedModel prepared_;
   cudaStream_t stream_ = nullptr;

@@ -37,7 +37,7 @@ struct DenseGemm::Impl {
     cublasLtMatmulAlgo_t algo{};
   };
 
-  Impl(bool tanh, int tune) : tanh_gelu(tanh), tune_candidates(std::max(1, tune)) {
+  explicit Impl(int tune) : tune_candidates(std::max(1, tune)) {
     check_lt(cublasLtCreate(&handle), "cublasLtCreate");
     const cudaError_t err = cudaMalloc(&workspace, workspace_bytes);
     if (err != cudaSuccess) {
@@ -59,7 +59,6 @@ struct DenseGemm::Impl {
   // Time every candidate of p on these operands (beta = 0, so y is only written) and keep the fastest.
   void choose_algo(Plan& p, const void* w, const void* x, void* y, cudaStream_t stream);
 
-  bool tanh_gelu;
   int tune_candidates;
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
@@ -67,8 +66,7 @@ struct DenseGemm::Impl {
   std::map<Key, Plan> plans;
 };
 
-DenseGemm::DenseGemm(bool tanh_gelu, int tune_candidates)
-    : impl_(std::make_unique<Impl>(tanh_gelu, tune_candidates)) {}
+DenseGemm::DenseGemm(int tune_candidates) : impl_(std::make_unique<Impl>(tune_candidates)) {}
 DenseGemm::~DenseGemm() = default;
 
 DenseGemm::Impl::Plan& DenseGemm::Impl::plan(const Key& key, cudaDataType_t type) {
@@ -148,9 +146,10 @@ void DenseGemm::Impl::choose_algo(Plan& p, const void* w, const void* x, void* y
 
 template <typename T>
 void DenseGemm::run(const T* w, const T* x, const T* bias, const T* residual, T* y, int m, int n, int k, Epilogue epi,
-                    cudaStream_t stream) {
+                    const Stream& s) {
+  const cudaStream_t stream = s.handle;
   const bool with_residual = epi == Epilogue::kBiasResidual;
-  const bool fused_gelu = epi == Epilogue::kBiasGelu && impl_->tanh_gelu;
+  const bool fused_gelu = epi == Epilogue::kBiasGeluTanh;
   const cublasLtEpilogue_t lt_epi = fused_gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
   Impl::Plan& p = impl_->plan(Impl::Key{m, n, k, static_cast<int>(data_type<T>()), static_cast<int>(lt_epi)}, data_type<T>());
   check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
@@ -165,13 +164,13 @@ void DenseGemm::run(const T* w, const T* x, const T* bias, const T* residual, T*
   check_lt(cublasLtMatmul(impl_->handle, p.desc, &alpha, w, p.a, x, p.b, &beta, c, p.c, y, p.c, &p.algo,
                           impl_->workspace, impl_->workspace_bytes, stream),
            "cublasLtMatmul");
-  if (epi == Epilogue::kBiasGelu && !fused_gelu) gelu_inplace(y, static_cast<int64_t>(m) * n, stream);
+  if (epi == Epilogue::kBiasGelu) gelu_inplace(y, static_cast<int64_t>(m) * n, s);
 }
 
 template void DenseGemm::run<__half>(const __half*, const __half*, const __half*, const __half*, __half*, int, int,
-                                     int, Epilogue, cudaStream_t);
+                                     int, Epilogue, const Stream&);
 template void DenseGemm::run<__nv_bfloat16>(const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*,
                                             const __nv_bfloat16*, __nv_bfloat16*, int, int, int, Epilogue,
-                                            cudaStream_t);
+                                            const Stream&);
 
 }  // namespace et::cuda

@@ -29,7 +29,7 @@ struct SparseDevice {
 // block_rows: rows of X per thread block (32, 64 or 128), or 0 to choose by M.
 template <typename T>
 void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, const SparseDevice& dev, int block_rows, cudaStream_t stream);
+                 Epilogue epi, const SparseDevice& dev, int block_rows, const Stream& s);
 
 // Per computed head of a layer (device copy of prepare.h's HeadSlot).
 struct DeviceHeads {
@@ -44,30 +44,30 @@ struct DeviceHeads {
 template <typename T>
 void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, int max_dqk, int max_dv,
                const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
-               int short_max, cudaStream_t stream);
+               int short_max, const Stream& s);
 
 // x[rows, h] = LayerNorm(word[tok] + pos[pos_id] + type[seg]).
 template <typename T>
 void embed_layernorm(const int32_t* tok, const int32_t* seg, const int32_t* pos, int rows, int hidden,
                      const T* word, const T* posemb, const T* type, const T* gamma, const T* beta, float eps, T* x,
-                     cudaStream_t stream);
+                     const Stream& s);
 
 // y[rows, h] = LayerNorm(x[rows, h]).
 template <typename T>
 void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, float eps, T* y,
-               cudaStream_t stream);
+               const Stream& s);
 
 // x = GELU(x) elementwise (exact erf form), n a multiple of 8.
 template <typename T>
-void gelu_inplace(T* x, int64_t n, cudaStream_t stream);
+void gelu_inplace(T* x, int64_t n, const Stream& s);
 
 // logits[b, labels] = classifier(tanh(pooler(x[cls_row[b]]))), fp32 output; pooled: [batch, hidden] scratch.
 template <typename T>
 void pooler_classifier(const T* x, const int32_t* cls_row, int batch, int hidden, const T* wp, const T* bp,
-                       const T* wc, const T* bc, int labels, float* pooled, float* logits, cudaStream_t stream);
+                       const T* wc, const T* bc, int labels, float* pooled, float* logits, const Stream& s);
 
 // out[i, :] = float(x[rows[i], :]) for i < n.
 template <typename T>
-void gather_rows_f32(const T* x, const int32_t* rows, int n, int hidden, float* out, cudaStream_t stream);
+void gather_rows_f32(const T* x, const int32_t* rows, int n, int hidden, float* out, const Stream& s);
 
 }  // namespace et::cuda

@@ -84,6 +84,7 @@ __global__ void embed_layernorm_kernel(const int32_t* __restrict__ tok, const in
                                        const T* __restrict__ posemb, const T* __restrict__ type,
                                        const T* __restrict__ gamma, const T* __restrict__ beta, float eps,
                                        T* __restrict__ x) {
+  pdl_enter();
   const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
@@ -109,6 +110,7 @@ __global__ void embed_layernorm_kernel(const int32_t* __restrict__ tok, const in
 template <typename T, int CH>
 __global__ void layernorm_kernel(const T* __restrict__ x, int rows, int hidden, const T* __restrict__ gamma,
                                  const T* __restrict__ beta, float eps, T* __restrict__ y) {
+  pdl_enter();
   const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
@@ -122,6 +124,7 @@ __global__ void layernorm_kernel(const T* __restrict__ x, int rows, int hidden, 
 
 template <typename T>
 __global__ void gelu_kernel(T* __restrict__ x, int64_t n8) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n8;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     Vec8 v;
@@ -143,6 +146,7 @@ constexpr int kPoolWarps = 8;
 template <typename T>
 __global__ void pooler_kernel(const T* __restrict__ x, const int32_t* __restrict__ cls_row, int hidden,
                               const T* __restrict__ wp, const T* __restrict__ bp, float* __restrict__ pooled) {
+  pdl_enter();
   extern __shared__ float h[];
   const int b = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const T* src = x + static_cast<size_t>(cls_row[b]) * hidden;
@@ -173,6 +177,7 @@ __global__ void pooler_kernel(const T* __restrict__ x, const int32_t* __restrict
 template <typename T>
 __global__ void classifier_kernel(const float* __restrict__ pooled, int hidden, const T* __restrict__ wc,
                                   const T* __restrict__ bc, int labels, float* __restrict__ logits) {
+  pdl_enter();
   const int b = blockIdx.x, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   const float* p = pooled + static_cast<size_t>(b) * hidden;
   for (int l = threadIdx.x >> 5; l < labels; l += warps) {
@@ -192,6 +197,7 @@ __global__ void classifier_kernel(const float* __restrict__ pooled, int hidden, 
 template <typename T>
 __global__ void gather_rows_kernel(const T* __restrict__ x, const int32_t* __restrict__ rows, int n, int hidden,
                                    float* __restrict__ out) {
+  pdl_enter();
   const int i = blockIdx.x;
   if (i >= n) return;
   const T* src = x + static_cast<size_t>(rows[i]) * hidden;
@@ -207,29 +213,29 @@ int row_chunks(int hidden) {
   throw Error(ET_ERR_UNSUPPORTED, "CUDA backend: hidden size " + std::to_string(hidden) + " > 4096");
 }
 
-template <typename T, typename... Args>
-void launch_ln(int ch, int rows, cudaStream_t stream, const Args&... args) {
-  const dim3 grid((rows + kRowsPerBlock - 1) / kRowsPerBlock), block(kRowsPerBlock * 32);
+// The row kernels instantiated for a row of `ch` chunks per lane.
+template <typename T>
+auto layernorm_for(int ch) {
   switch (ch) {
-    case 1: layernorm_kernel<T, 1><<<grid, block, 0, stream>>>(args...); break;
-    case 2: layernorm_kernel<T, 2><<<grid, block, 0, stream>>>(args...); break;
-    case 4: layernorm_kernel<T, 4><<<grid, block, 0, stream>>>(args...); break;
-    case 8: layernorm_kernel<T, 8><<<grid, block, 0, stream>>>(args...); break;
-    default: layernorm_kernel<T, 16><<<grid, block, 0, stream>>>(args...); break;
+    case 1: return layernorm_kernel<T, 1>;
+    case 2: return layernorm_kernel<T, 2>;
+    case 4: return layernorm_kernel<T, 4>;
+    case 8: return layernorm_kernel<T, 8>;
+    default: return layernorm_kernel<T, 16>;
+  }
+}
+template <typename T>
+auto embed_layernorm_for(int ch) {
+  switch (ch) {
+    case 1: return embed_layernorm_kernel<T, 1>;
+    case 2: return embed_layernorm_kernel<T, 2>;
+    case 4: return embed_layernorm_kernel<T, 4>;
+    case 8: return embed_layernorm_kernel<T, 8>;
+    default: return embed_layernorm_kernel<T, 16>;
   }
 }
 
-template <typename T, typename... Args>
-void launch_embed(int ch, int rows, cudaStream_t stream, const Args&... args) {
-  const dim3 grid((rows + kRowsPerBlock - 1) / kRowsPerBlock), block(kRowsPerBlock * 32);
-  switch (ch) {
-    case 1: embed_layernorm_kernel<T, 1><<<grid, block, 0, stream>>>(args...); break;
-    case 2: embed_layernorm_kernel<T, 2><<<grid, block, 0, stream>>>(args...); break;
-    case 4: embed_layernorm_kernel<T, 4><<<grid, block, 0, stream>>>(args...); break;
-    case 8: embed_layernorm_kernel<T, 8><<<grid, block, 0, stream>>>(args...); break;
-    default: embed_layernorm_kernel<T, 16><<<grid, block, 0, stream>>>(args...); break;
-  }
-}
+dim3 row_grid(int rows) { return dim3((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
 
 int grid_for(int64_t n, int block) { return static_cast<int>(std::min<int64_t>((n + block - 1) / block, 65535)); }
 
@@ -238,50 +244,45 @@ int grid_for(int64_t n, int block) { return static_cast<int>(std::min<int64_t>((
 template <typename T>
 void embed_layernorm(const int32_t* tok, const int32_t* seg, const int32_t* pos, int rows, int hidden, const T* word,
                      const T* posemb, const T* type, const T* gamma, const T* beta, float eps, T* x,
-                     cudaStream_t stream) {
-  launch_embed<T>(row_chunks(hidden), rows, stream, tok, seg, pos, rows, hidden, word, posemb, type, gamma, beta, eps,
-                  x);
-  check_launch("embed_layernorm");
+                     const Stream& s) {
+  launch("embed_layernorm", embed_layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32), 0,
+         s, tok, seg, pos, rows, hidden, word, posemb, type, gamma, beta, eps, x);
 }
 
 template <typename T>
-void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, float eps, T* y, cudaStream_t stream) {
-  launch_ln<T>(row_chunks(hidden), rows, stream, x, rows, hidden, gamma, beta, eps, y);
-  check_launch("layernorm");
+void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, float eps, T* y, const Stream& s) {
+  launch("layernorm", layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32), 0, s, x, rows,
+         hidden, gamma, beta, eps, y);
 }
 
 template <typename T>
-void gelu_inplace(T* x, int64_t n, cudaStream_t stream) {
-  gelu_kernel<T><<<grid_for(n / 8, 256), 256, 0, stream>>>(x, n / 8);
-  check_launch("gelu");
+void gelu_inplace(T* x, int64_t n, const Stream& s) {
+  launch("gelu", gelu_kernel<T>, dim3(grid_for(n / 8, 256)), dim3(256), 0, s, x, n / 8);
 }
 
 template <typename T>
 void pooler_classifier(const T* x, const int32_t* cls_row, int batch, int hidden, const T* wp, const T* bp,
-                       const T* wc, const T* bc, int labels, float* pooled, float* logits, cudaStream_t stream) {
+                       const T* wc, const T* bc, int labels, float* pooled, float* logits, const Stream& s) {
   const int per_block = kPoolWarps * kPoolOutsPerWarp;
-  pooler_kernel<T><<<dim3((hidden + per_block - 1) / per_block, batch), kPoolWarps * 32, hidden * sizeof(float),
-                     stream>>>(x, cls_row, hidden, wp, bp, pooled);
-  check_launch("pooler");
-  classifier_kernel<T><<<batch, 128, 0, stream>>>(pooled, hidden, wc, bc, labels, logits);
-  check_launch("classifier");
+  launch("pooler", pooler_kernel<T>, dim3((hidden + per_block - 1) / per_block, batch), dim3(kPoolWarps * 32),
+         hidden * sizeof(float), s, x, cls_row, hidden, wp, bp, pooled);
+  launch("classifier", classifier_kernel<T>, dim3(batch), dim3(128), 0, s, pooled, hidden, wc, bc, labels, logits);
 }
 
 template <typename T>
-void gather_rows_f32(const T* x, const int32_t* rows, int n, int hidden, float* out, cudaStream_t stream) {
+void gather_rows_f32(const T* x, const int32_t* rows, int n, int hidden, float* out, const Stream& s) {
   if (n == 0) return;
-  gather_rows_kernel<T><<<n, 256, 0, stream>>>(x, rows, n, hidden, out);
-  check_launch("gather_rows");
+  launch("gather_rows", gather_rows_kernel<T>, dim3(n), dim3(256), 0, s, x, rows, n, hidden, out);
 }
 
 #define ET_INSTANTIATE(T)                                                                                         \
   template void embed_layernorm<T>(const int32_t*, const int32_t*, const int32_t*, int, int, const T*, const T*, \
-                                   const T*, const T*, const T*, float, T*, cudaStream_t);                       \
-  template void layernorm<T>(const T*, int, int, const T*, const T*, float, T*, cudaStream_t);                   \
-  template void gelu_inplace<T>(T*, int64_t, cudaStream_t);                                                      \
+                                   const T*, const T*, const T*, float, T*, const Stream&);                       \
+  template void layernorm<T>(const T*, int, int, const T*, const T*, float, T*, const Stream&);                   \
+  template void gelu_inplace<T>(T*, int64_t, const Stream&);                                                      \
   template void pooler_classifier<T>(const T*, const int32_t*, int, int, const T*, const T*, const T*, const T*, \
-                                     int, float*, float*, cudaStream_t);                                         \
-  template void gather_rows_f32<T>(const T*, const int32_t*, int, int, float*, cudaStream_t);
+                                     int, float*, float*, const Stream&);                                         \
+  template void gather_rows_f32<T>(const T*, const int32_t*, int, int, float*, const Stream&);
 ET_INSTANTIATE(__half)
 ET_INSTANTIATE(__nv_bfloat16)
 #undef ET_INSTANTIATE

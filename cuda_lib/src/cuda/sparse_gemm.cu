@@ -5,7 +5,7 @@
 // rows (tile rows slab, slab + S, slab + 2S, ... for S = gridDim.y slabs). It copies its BM rows of X
 // into shared memory once; every warp then walks its own tile rows (round robin over the slab). Per
 // kept tile: one 16-byte load per lane of the pre-arranged W tile, BM/16 ldmatrix.x4 of the X fragments
-// under the tile's 16 columns and 2 x BM/16 mma.sync.m16n8k16; the epilogue (bias, bias+GELU(erf) or
+// under the tile's 16 columns and 2 x BM/16 mma.sync.m16n8k16; the epilogue (bias, bias+GELU (erf or tanh form) or
 // bias+residual) then writes the tile row's 16 output columns. Only kept tiles are loaded or multiplied.
 //
 // Two kernels:
@@ -134,7 +134,7 @@ struct RowOperands {
 };
 
 // Write tile row tr's 16 output columns of the block's rows m0 .. m0 + BM (rows past m skipped):
-// y = acc + bias, then GELU(erf) or + residual as epi says.
+// y = acc + bias, then GELU (erf or tanh form) or + residual as epi says.
 template <typename T, int kMT, bool kEarly>
 __device__ __forceinline__ void store_row(const float (&acc)[kMT][2][4], const RowOperands<T, kMT, kEarly>& ops,
                                           const T* __restrict__ residual, T* __restrict__ y, int tr, int m0, int m,
@@ -155,6 +155,9 @@ __device__ __forceinline__ void store_row(const float (&acc)[kMT][2][4], const R
         if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
           v0 = gelu_erf(v0);
           v1 = gelu_erf(v1);
+        } else if (epi == static_cast<int>(Epilogue::kBiasGeluTanh)) {
+          v0 = gelu_tanh(v0);
+          v1 = gelu_tanh(v1);
         } else if (epi == static_cast<int>(Epilogue::kBiasResidual)) {
           uint32_t rv;
           if constexpr (kEarly)
@@ -184,6 +187,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
   constexpr int kColBytes = BM * kRowBytes;                        // one tile column of the block's rows
   // X as tile columns: [k / 16][BM rows][16 elements]. Row r's two 16-byte halves are swapped when bit 2
   // of r is set, so the 8 rows that one 8x8 ldmatrix matrix reads fall into distinct banks.
+  pdl_enter();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* sx = smem_raw;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -290,14 +294,17 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
 }
 
 // Chunked kernel: K in chunks of chunk_tiles tile columns, one tile row per warp, a barrier per chunk.
+// BM 128 (64 accumulators a lane) gets the whole register file of one block rather than spill under the
+// two-blocks-per-SM cap of 128 registers.
 template <typename T, int BM, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32, 2)
+__global__ void __launch_bounds__(WARPS * 32, BM == 128 ? 1 : 2)
     tile_sparse_chunked_kernel(const T* __restrict__ x, int m, int k, int chunk_tiles,
                                const uint4* __restrict__ tiles, const int32_t* __restrict__ row_ptr,
                                const int32_t* __restrict__ tile_col, const T* __restrict__ bias,
                                const T* __restrict__ residual, T* __restrict__ y, int n, int epi) {
   constexpr int kMT = BM / 16;  // m16 fragments per warp
   constexpr int kPrefetch = prefetch_depth<BM>();
+  pdl_enter();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sx = reinterpret_cast<T*>(smem_raw);  // [BM][ld]: the block's X rows of the current K chunk
   const int ld = chunk_tiles * kTile + kXPad;
@@ -392,21 +399,20 @@ int prepare_kernel(const void* kernel, int threads, int smem) {
 
 // Launch `kernel` (blocks of `warps` warps, smem bytes of shared memory) on grid and check the launch.
 template <typename Kernel, typename... Args>
-void launch_checked(Kernel kernel, dim3 grid, int warps, int smem, const DeviceSparseWeight& w, cudaStream_t stream,
+void launch_checked(Kernel kernel, dim3 grid, int warps, int smem, const DeviceSparseWeight& w, const Stream& s,
                     Args... args) {
   check(cudaGetLastError(), "an earlier CUDA call (pending before tile_sparse_gemm)");
-  kernel<<<grid, warps * 32, smem, stream>>>(args...);
   const std::string what = "tile_sparse_gemm (grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) +
                            ", " + std::to_string(warps * 32) + " threads, " + std::to_string(smem) +
                            " B shared, n " + std::to_string(w.n) + ", k " + std::to_string(w.k) + ")";
-  check_launch(what.c_str());
+  launch(what.c_str(), kernel, grid, dim3(warps * 32), smem, s, args...);
 }
 
 // All of K in one block: as many slabs as one wave of blocks holds (resident blocks per SM x SMs over
 // the row blocks), but no more than give every warp a tile row (small batches: fewer X copies).
 template <typename T, int BM>
 void launch_stream(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                   Epilogue epi, const SparseDevice& dev, cudaStream_t stream) {
+                   Epilogue epi, const SparseDevice& dev, const Stream& stream) {
   constexpr int kStreamWarps = stream_warps<BM>();
   auto kernel = tile_sparse_stream_kernel<T, BM, kStreamWarps>;
   const int smem = stream_smem_bytes<T>(BM, w.k);
@@ -424,7 +430,7 @@ void launch_stream(const DeviceSparseWeight& w, const T* x, int m, const T* bias
 // K in chunks that let two blocks share an SM; one tile row per warp.
 template <typename T, int BM>
 void launch_chunked(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                    Epilogue epi, const SparseDevice& dev, cudaStream_t stream) {
+                    Epilogue epi, const SparseDevice& dev, const Stream& stream) {
   auto kernel = tile_sparse_chunked_kernel<T, BM, kChunkedWarps>;
   const int budget = std::min(kTwoPerSmSmem, dev.max_smem_per_block);
   const int chunk_tiles = (budget / (BM * static_cast<int>(sizeof(T))) - kXPad) / kTile;
@@ -440,7 +446,7 @@ void launch_chunked(const DeviceSparseWeight& w, const T* x, int m, const T* bia
 // The stream kernel when BM rows of all of K fit into one block's shared memory, else the chunked one.
 template <typename T, int BM>
 void launch_rows(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, const SparseDevice& dev, cudaStream_t stream) {
+                 Epilogue epi, const SparseDevice& dev, const Stream& stream) {
   if (stream_smem_bytes<T>(BM, w.k) <= dev.max_smem_per_block)
     launch_stream<T, BM>(w, x, m, bias, residual, y, epi, dev, stream);
   else
@@ -462,7 +468,7 @@ int auto_block_rows(int m, int k, const SparseDevice& dev) {
 
 template <typename T>
 void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, const SparseDevice& dev, int block_rows, cudaStream_t stream) {
+                 Epilogue epi, const SparseDevice& dev, int block_rows, const Stream& stream) {
   if (m <= 0) return;
   if (block_rows == 0) block_rows = auto_block_rows<T>(m, w.k, dev);
   switch (block_rows) {
@@ -476,9 +482,9 @@ void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, 
 }
 
 template void sparse_gemm<__half>(const DeviceSparseWeight&, const __half*, int, const __half*, const __half*,
-                                  __half*, Epilogue, const SparseDevice&, int, cudaStream_t);
+                                  __half*, Epilogue, const SparseDevice&, int, const Stream&);
 template void sparse_gemm<__nv_bfloat16>(const DeviceSparseWeight&, const __nv_bfloat16*, int,
                                          const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, Epilogue,
-                                         const SparseDevice&, int, cudaStream_t);
+                                         const SparseDevice&, int, const Stream&);
 
 }  // namespace et::cuda
