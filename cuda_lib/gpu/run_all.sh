@@ -73,6 +73,7 @@ step() {  # step NAME LIMIT_S COMMAND... (a shell function of this script runs i
 }
 
 sanitize() {
+  set -o pipefail  # runs in a child bash (step): a failing compute-sanitizer must fail the step
   local dir=/tmp/et-san
   python3 - "$dir" <<'EOF' || return 1
 import sys
@@ -99,14 +100,15 @@ EOF
         case $word in --padded) pad=--padded ;; *) envs+=("$word") ;; esac
       done
       echo "--- compute-sanitizer --tool $tool et_infer $run"
-      env "${envs[@]}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$EXE" "${args[@]}" $pad 2>&1 | tail -6 \
-        || rc=1
+      env "${envs[@]}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$EXE" "${args[@]}" $pad 2>&1 \
+        | grep -iE 'error|hazard|latency|fail|warn' | tail -8 || rc=1
     done
   done
   return $rc
 }
 
 profile() {
+  set -o pipefail
   local dir=/tmp/et-ncu
   python3 - "$dir" <<'EOF' || return 1
 import sys

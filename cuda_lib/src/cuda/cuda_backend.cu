@@ -10,6 +10,8 @@
 //   ET_EXACT_GELU=1        FFN1's GELU in the exact erf form (a separate pass after cuBLASLt) instead of the tanh
 //                          form that cuBLASLt's epilogue fuses (the default)
 //   ET_PDL=0               launch no kernel early (programmatic dependent launch, on by default on sm_90+)
+//   ET_GEMM_TUNE=N         cuBLASLt candidates timed per GEMM shape (default 8; 1: the heuristic's first)
+//   ET_GEMM_TUNE_COLD=0    time them back to back on cache-warm operands instead of after an L2 flush
 //   ET_SPARSE_BM           rows of X per block of the tile-sparse GEMM: 0 auto, 32, 64 or 128
 #include <cuda_runtime.h>
 
@@ -209,7 +211,7 @@ class CudaEngine final : public Backend {
     prepared_ = prepare_model(m, max_density);
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     try {
-      gemm_ = std::make_unique<DenseGemm>(gemm_tune);
+      gemm_ = std::make_unique<DenseGemm>(gemm_tune, env_number("ET_GEMM_TUNE_COLD", 1) != 0);
       word_ = upload_as<T>(m.word_emb);
       pos_ = upload_as<T>(m.pos_emb);
       type_ = upload_as<T>(m.type_emb);
