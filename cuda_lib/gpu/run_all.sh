@@ -99,8 +99,12 @@ EOF
       for word in $run; do
         case $word in --padded) pad=--padded ;; *) envs+=("$word") ;; esac
       done
-      echo "--- compute-sanitizer --tool $tool et_infer $run"
-      env "${envs[@]}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$EXE" "${args[@]}" $pad 2>&1 \
+      # racecheck skips cuBLASLt's Hopper kernels (nvjet): they order shared memory with mbarriers and TMA, which
+      # racecheck does not model, so it reports hazards inside them (NOTES.md, session 3 run 16); memcheck covers them
+      local skip=()
+      [ "$tool" = racecheck ] && skip=(--kernel-name-exclude kns=nvjet)
+      echo "--- compute-sanitizer --tool $tool ${skip[*]} et_infer $run"
+      env "${envs[@]}" compute-sanitizer --tool "$tool" "${skip[@]}" --error-exitcode 9 "$EXE" "${args[@]}" $pad 2>&1 \
         | grep -iE 'error|hazard|latency|fail|warn' | tail -8 || rc=1
     done
   done
