@@ -24,7 +24,7 @@ README = "# project\n\nintro\n\n<!-- gpu-run:begin -->\nstale text\n<!-- gpu-run
 
 def _infer(acc: float) -> dict:
     return {"backend": "cuda", "device": "Fake GPU 9000", "prediction_agreement": 1.0, "accuracy": acc,
-            "torch_accuracy": acc, "max_abs_logit_diff": 0.01, "latency_ms": 1.0}
+            "torch_accuracy": acc, "max_abs_logit_diff": 0.01, "latency_ms": 1.0, "pruned_heads": 7}
 
 
 def _bench_rows() -> list[dict]:
@@ -103,7 +103,7 @@ def test_layout_links_source_and_readme_block(tmp_path):
     assert ("| [fake](docs/gpu-run/fake/report.md) | admm | 50% | 0.950 | 0.940 (-1.0 pt) | cuda | 1.0000 | "
             "0.940 / 0.940 | PASS |") in text
     assert "our dense padding-free engine **0.250 ms** vs torch.compile max-autotune 0.500 ms (2.00x)" in text
-    assert "50% 0.200 ms (1.25x of dense)" in text and "not faster" not in text
+    assert "50% 0.200 ms (1.25x of dense; 7 heads pruned)" in text and "not faster" not in text
 
 
 def test_reimport_replaces_the_run_folder(tmp_path):

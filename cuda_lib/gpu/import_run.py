@@ -215,9 +215,19 @@ def accuracy_rows(runs: list[tuple[str, dict, dict]], link_root: str) -> list[st
     return rows
 
 
-def bench_headline(run: str, bench_json: dict, link_root: str) -> list[str]:
+def pruned_heads(summary: dict) -> dict[float, int]:
+    """Attention heads the engine dropped per sparsity of a run (its infer metrics), where recorded."""
+    out = {}
+    for key, branch in summary.get("sweep", {}).items():
+        heads = (branch.get("infer") or {}).get("pruned_heads")
+        if heads is not None:
+            out[float(key)] = int(heads)
+    return out
+
+
+def bench_headline(run: str, bench_json: dict, link_root: str, heads: dict[float, int] | None = None) -> list[str]:
     """Sentences on the bench headline of one run (our dense engine vs the PyTorch systems, and each
-    tile-pruned model against our dense engine), from its bench.json rows."""
+    tile-pruned model against our dense engine, with its pruned heads from ``heads``), from its bench.json rows."""
     meta = bench_json.get("meta", {})
     headline = bench.headline_rows(bench_json.get("rows", []), bool(meta.get("gpu")))
     if headline is None:
@@ -241,11 +251,14 @@ def bench_headline(run: str, bench_json: dict, link_root: str) -> list[str]:
     sparse = sorted((s, t) for (system, s), t in ms.items() if system == "et-cuda-packed" and s > 0)
     if sparse:
         slower = [s for s, t in sparse if t >= dense]
+        heads = heads or {}
         lines.append("Tile-pruned models on the same engine: " + ", ".join(
-            f"{_pct(s)} {t:.3f} ms ({dense / t:.2f}x of dense)" for s, t in sparse) + ". "
+            f"{_pct(s)} {t:.3f} ms ({dense / t:.2f}x of dense"
+            + (f"; {heads[s]} heads pruned" if s in heads else "") + ")" for s, t in sparse) + ". "
             + ("**The pruned models are not faster than the dense one on the GPU yet**" if slower
                else "The pruned models are faster than the dense one")
-            + " (see [cuda_lib/NOTES.md](cuda_lib/NOTES.md) for the tile-sparse kernel measurements).")
+            + " (the engine skips pruned heads and head dimensions; which GEMM runs the pruned tiles, and the"
+            " tile-sparse kernel's measurements: [cuda_lib/NOTES.md](cuda_lib/NOTES.md)).")
     return lines
 
 
@@ -261,10 +274,10 @@ def readme_block(docs_dir: Path, link_root: str) -> str:
                         f"{info.get('date_utc') or 'date not recorded'} UTC, commit "
                         f"{(info.get('git_commit') or '')[:10] or 'not recorded'})" for run, _, info in runs)
     lines = [BEGIN, f"Runs: {sources}.", ""] + accuracy_rows(runs, link_root) + [""]
-    for run, _, _ in runs:
+    for run, summary, _ in runs:
         path = docs_dir / run / "bench" / "bench.json"
         if path.is_file():
-            lines += bench_headline(run, json.loads(path.read_text()), link_root) + [""]
+            lines += bench_headline(run, json.loads(path.read_text()), link_root, pruned_heads(summary)) + [""]
     lines.append(END)
     return "\n".join(lines)
 
