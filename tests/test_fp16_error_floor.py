@@ -1,0 +1,62 @@
+"""cuda_lib/gpu/fp16_error_floor.py: the float64 emulation of the CUDA engine's fp16 storage."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline_steps import random_bert
+
+SCRIPT = Path(__file__).resolve().parents[1] / "cuda_lib" / "gpu" / "fp16_error_floor.py"
+
+
+@pytest.fixture(scope="module")
+def floor():
+    spec = importlib.util.spec_from_file_location("fp16_error_floor", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def case():
+    torch.manual_seed(0)
+    model = random_bert.make_model("minilm", vocab=300, seed=3, gain=2.0)
+    ids = torch.randint(0, 300, (2, 24))
+    seg = torch.randint(0, 2, (2, 24))
+    return model, ids, seg
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_unrounded_forward_is_transformers_float64(floor, case):
+    model, ids, seg = case
+    with torch.no_grad():
+        ours = floor.encoder(model, ids, seg, floor.Rounding())
+        hf = model.double()(input_ids=ids, token_type_ids=seg, output_hidden_states=True).hidden_states[-1]
+    model.float()
+    assert _rel(ours, hf) < 1e-12
+
+
+def test_each_rounding_costs_fp16_sized_error(floor, case):
+    model, ids, seg = case
+    with torch.no_grad():
+        ref = floor.encoder(model, ids, seg, floor.Rounding())
+        errors = {name: _rel(floor.encoder(model, ids, seg, r), ref) for name, r in floor.ROWS.items()}
+    for name, err in errors.items():  # fp16 has 11 significant bits: 1e-5 .. 1e-2 after a few layers
+        assert 1e-5 < err < 1e-2, (name, err)
+    # weights and activations together cost more than the weights alone
+    assert errors["engine (weights + activations)"] > errors["weights"]
+
+
+def test_main_prints_every_row(floor, capsys):
+    assert floor.main(["--shape", "minilm", "--batch", "1", "--seq", "12", "--seed", "2"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in floor.ROWS)
