@@ -142,7 +142,7 @@ EOF
 for s in "$@"; do
   case $s in
     check) step check "${CHECK_LIMIT:-420}" python3 cuda_lib/gpu/check.py --lib "$LIB" --work /tmp/et-check ;;
-    sanitize) step sanitize 300 sanitize ;;
+    sanitize) step sanitize "${SANITIZE_LIMIT:-420}" sanitize ;;
     perf) step perf "${PERF_LIMIT:-480}" python3 cuda_lib/gpu/perf.py --lib "$LIB" --work /tmp/et-perf --json "$OUT/perf.json" \
             ${PERF_ARGS:-} ;;
     ncu) step ncu 300 profile ;;

@@ -187,7 +187,6 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
   constexpr int kColBytes = BM * kRowBytes;                        // one tile column of the block's rows
   // X as tile columns: [k / 16][BM rows][16 elements]. Row r's two 16-byte halves are swapped when bit 2
   // of r is set, so the 8 rows that one 8x8 ldmatrix matrix reads fall into distinct banks.
-  pdl_enter();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* sx = smem_raw;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -245,10 +244,13 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
     }
   };
 
-  // The CSR bounds are requested first, then X (cp.async, rows past m zero-filled; consecutive threads
-  // copy consecutive 16-byte halves of a tile column: conflict-free stores), then the first W tiles;
-  // the fill completes after all of them are in flight.
+  // The CSR bounds and the first W tiles (weights: no earlier kernel writes them) are requested before
+  // waiting for the kernel that produced X (pdl_enter), so they load while it drains; then X (cp.async,
+  // rows past m zero-filled; consecutive threads copy consecutive 16-byte halves of a tile column:
+  // conflict-free stores).
   load_bounds(0);
+  start_ring();
+  pdl_enter();
   const int halves = 2 * BM * (k / kTile);
   for (int i = threadIdx.x; i < halves; i += WARPS * 32) {
     const int h = i & 1, row = (i >> 1) % BM, c = (i >> 1) / BM;
@@ -257,7 +259,6 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
     cp_async16(sx + c * kColBytes + row * kRowBytes + ((h ^ ((row >> 2) & 1)) << 4), src, ok);
   }
   cp_async_commit();
-  start_ring();
   cp_async_wait<0>();
   __syncthreads();  // the only barrier: X is in shared memory
 
