@@ -60,3 +60,4 @@ def test_main_prints_every_row(floor, capsys):
     assert floor.main(["--shape", "minilm", "--batch", "1", "--seq", "12", "--seed", "2"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in floor.ROWS)
+    assert torch.is_grad_enabled()  # the script leaves the process's autograd mode as it found it

@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--gain", type=float, default=2.0, help="weight scale of the random model (check.py: 2)")
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        return _report(args)
+
+
+def _report(args: argparse.Namespace) -> int:
     model = random_bert.make_model(args.shape, vocab=2000, seed=args.seed, gain=args.gain)
     g = torch.Generator().manual_seed(args.seed)
     ids = torch.randint(0, 2000, (args.batch, args.seq), generator=g)
