@@ -129,9 +129,10 @@ sparse = random_bert.make_model("bert-base", vocab=30522, seed=11)
 random_bert.export(sparse, random_bert.random_pruning(sparse, 0.2, seed=200), out / "s80", dtype="float16")
 EOF
   local metrics=gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
-  # per-kernel times of one graph-replayed forward with the caches as the forward leaves them (the summary keeps
-  # the last of the three forwards); the 80% model's layers all through the tile-sparse kernel
-  for run in "dense 32" "dense 1" "s80 32" "s80 1"; do
+  # per-kernel times of one graph-replayed forward, caches not flushed (the summary keeps the last of the three
+  # forwards); the 80% model's layers all through the tile-sparse kernel. ncu runs each kernel alone, with its
+  # whole launch ramp and drain, so the sum exceeds the graph's forward (NOTES.md, run 21): read shares, not gaps.
+  for run in "dense 32" "dense 1" "s80 32"; do
     set -- $run
     local knobs=()
     [ "$1" = s80 ] && knobs=(ET_SPARSE_MAX_DENSITY=1.0 ET_SPARSE_MAX_ROWS=1000000000)
@@ -154,7 +155,7 @@ for s in "$@"; do
     sanitize) step sanitize "${SANITIZE_LIMIT:-420}" sanitize ;;
     perf) step perf "${PERF_LIMIT:-480}" python3 cuda_lib/gpu/perf.py --lib "$LIB" --work /tmp/et-perf --json "$OUT/perf.json" \
             ${PERF_ARGS:-} ;;
-    ncu) step ncu 300 profile ;;
+    ncu) step ncu "${NCU_LIMIT:-540}" profile ;;
     bench)
       mkdir -p /tmp/et-bench-md
       step bench "${BENCH_LIMIT:-580}" python3 -m pipeline_steps.bench --standalone --lib "$LIB" --out-dir /tmp/et-bench \
