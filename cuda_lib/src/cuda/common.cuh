@@ -22,9 +22,6 @@ inline void check(cudaError_t err, const char* what) {
   throw Error(st, std::string("CUDA: ") + what + ": " + cudaGetErrorString(err));
 }
 
-// Check the launch of the kernel just issued.
-inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
-
 // fp16 / bf16 element types behind one interface.
 template <typename T>
 struct Elem;
