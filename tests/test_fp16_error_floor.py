@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from gpu_scripts import load
 from pipeline_steps import random_bert
 
-SCRIPT = Path(__file__).resolve().parents[1] / "cuda_lib" / "gpu" / "fp16_error_floor.py"
-
-
-@pytest.fixture(scope="module")
-def floor():
-    spec = importlib.util.spec_from_file_location("fp16_error_floor", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+floor = load("fp16_error_floor")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +24,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def test_unrounded_forward_is_transformers_float64(floor, case):
+def test_unrounded_forward_is_transformers_float64(case):
     model, ids, seg = case
     with torch.no_grad():
         ours = floor.encoder(model, ids, seg, floor.Rounding())
@@ -45,7 +33,7 @@ def test_unrounded_forward_is_transformers_float64(floor, case):
     assert _rel(ours, hf) < 1e-12
 
 
-def test_each_rounding_costs_fp16_sized_error(floor, case):
+def test_each_rounding_costs_fp16_sized_error(case):
     model, ids, seg = case
     with torch.no_grad():
         ref = floor.encoder(model, ids, seg, floor.Rounding())
@@ -56,7 +44,7 @@ def test_each_rounding_costs_fp16_sized_error(floor, case):
     assert errors["engine (weights + activations)"] > errors["weights"]
 
 
-def test_main_prints_every_row(floor, capsys):
+def test_main_prints_every_row(capsys):
     assert floor.main(["--shape", "minilm", "--batch", "1", "--seq", "12", "--seed", "2"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in floor.ROWS)

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location(
-    "import_run", Path(__file__).resolve().parents[1] / "cuda_lib" / "gpu" / "import_run.py")
-import_run = importlib.util.module_from_spec(_SPEC)
-sys.modules["import_run"] = import_run  # dataclasses look their module up there
-_SPEC.loader.exec_module(import_run)
+from gpu_scripts import load
+
+import_run = load("import_run")
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
 README = "# project\n\nintro\n\n<!-- gpu-run:begin -->\nstale text\n<!-- gpu-run:end -->\n\n## after\n"

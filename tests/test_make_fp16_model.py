@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from safetensors import safe_open
 
+from gpu_scripts import load
 from pipeline_steps import modeling
 
-_SPEC = importlib.util.spec_from_file_location(
-    "make_fp16_model", Path(__file__).resolve().parents[1] / "cuda_lib" / "gpu" / "make_fp16_model.py")
-make_fp16_model = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(make_fp16_model)
+make_fp16_model = load("make_fp16_model")
 
 
 def test_fp16_copy_is_float16_on_disk_and_float32_when_loaded(tmp_path, tiny_bert_dir):

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "cuda_lib" / "gpu" / "ncu_summary.py"
+from gpu_scripts import load
+
+ncu = load("ncu_summary")
 METRICS = ["gpu__time_duration.sum", "sm__throughput.avg.pct_of_peak_sustained_elapsed"]
-
-
-@pytest.fixture(scope="module")
-def ncu():
-    spec = importlib.util.spec_from_file_location("ncu_summary", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _csv(path: Path, launches: list[tuple[str, float]]) -> Path:
@@ -29,7 +20,7 @@ def _csv(path: Path, launches: list[tuple[str, float]]) -> Path:
     return path
 
 
-def test_family_drops_namespaces_templates_and_parameters(ncu):
+def test_family_drops_namespaces_templates_and_parameters():
     assert ncu.family("void et::<unnamed>::attention_short_kernel<__half, 64>(const T1 *, int)") == \
         "attention_short_kernel"
     assert ncu.family("void et::cuda::(anonymous namespace)::layernorm_kernel<__half, 4>(const T1 *)") == \
@@ -37,7 +28,7 @@ def test_family_drops_namespaces_templates_and_parameters(ncu):
     assert ncu.family("nvjet_sm90_hsh_128x8_64x12_1x4_h_bx_bias_TNT") == "nvjet_sm90_hsh_128x8_64x12_1x4_h_bx_bias_TNT"
 
 
-def test_only_the_last_forward_is_summarised(ncu, tmp_path, capsys):
+def test_only_the_last_forward_is_summarised(tmp_path, capsys):
     tuning = [("nvjet_a", 9.0)] * 5                          # candidate timing before the first forward
     forward = [("void et::<unnamed>::embed_layernorm_kernel<__half, 4>(int)", 2.0), ("nvjet_a", 5.0),
                ("void et::<unnamed>::pooler_kernel<__half>(int)", 3.0),
@@ -49,6 +40,6 @@ def test_only_the_last_forward_is_summarised(ncu, tmp_path, capsys):
     assert "nvjet_a" in out and " 10.0 " in out  # the last forward's 2 x 5 us, none of the tuning launches
 
 
-def test_a_profile_without_a_whole_forward_is_an_error(ncu, tmp_path):
+def test_a_profile_without_a_whole_forward_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="classifier_kernel"):
         ncu.summarize(_csv(tmp_path / "p.csv", [("nvjet_a", 1.0)]))

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-_SPEC = importlib.util.spec_from_file_location(
-    "pipeline_summary", Path(__file__).resolve().parents[1] / "cuda_lib" / "gpu" / "pipeline_summary.py")
-pipeline_summary = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(pipeline_summary)
+from gpu_scripts import load
+
+pipeline_summary = load("pipeline_summary")
 
 
 def _infer(**kw) -> dict:
