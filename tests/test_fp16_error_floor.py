@@ -20,24 +20,20 @@ def case():
     return model, ids, seg
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
 def test_unrounded_forward_is_transformers_float64(case):
     model, ids, seg = case
     with torch.no_grad():
         ours = floor.encoder(model, ids, seg, floor.Rounding())
         hf = model.double()(input_ids=ids, token_type_ids=seg, output_hidden_states=True).hidden_states[-1]
     model.float()
-    assert _rel(ours, hf) < 1e-12
+    assert floor.relative_error(ours, hf) < 1e-12
 
 
 def test_each_rounding_costs_fp16_sized_error(case):
     model, ids, seg = case
     with torch.no_grad():
         ref = floor.encoder(model, ids, seg, floor.Rounding())
-        errors = {name: _rel(floor.encoder(model, ids, seg, r), ref) for name, r in floor.ROWS.items()}
+        errors = {name: floor.relative_error(floor.encoder(model, ids, seg, r), ref) for name, r in floor.ROWS.items()}
     for name, err in errors.items():  # fp16 has 11 significant bits: 1e-5 .. 1e-2 after a few layers
         assert 1e-5 < err < 1e-2, (name, err)
     # weights and activations together cost more than the weights alone

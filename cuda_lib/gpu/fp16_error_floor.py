@@ -64,6 +64,11 @@ def _fp16(t: torch.Tensor, on: bool) -> torch.Tensor:
     return t.half().double() if on else t
 
 
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| (L2 over all elements)."""
+    return float((out - ref).norm() / ref.norm())
+
+
 def encoder(model, ids: torch.Tensor, seg: torch.Tensor, r: Rounding) -> torch.Tensor:
     """Last hidden states of ``model`` (a BertForSequenceClassification) in float64 with roundings ``r``."""
     cfg = model.config
@@ -126,14 +131,14 @@ def _report(args: argparse.Namespace) -> int:
     seg = torch.randint(0, 2, (args.batch, args.seq), generator=g)
     ref = encoder(model, ids, seg, Rounding())
     hf = model.double()(input_ids=ids, token_type_ids=seg, output_hidden_states=True).hidden_states[-1]
-    agree = float((ref - hf).norm() / hf.norm())
+    agree = relative_error(ref, hf)
     if agree > 1e-12:
         raise SystemExit(f"the emulated forward disagrees with transformers' float64 forward ({agree:.1e})")
     print(f"{args.shape}, gain {args.gain}, {args.batch} x {args.seq} tokens: relative L2 error of the last hidden "
           f"states vs float64 (emulated forward = transformers' to {agree:.0e})")
     for name, r in ROWS.items():
         out = encoder(model, ids, seg, r)
-        print(f"  {name:44s} {float((out - ref).norm() / ref.norm()):.2e}")
+        print(f"  {name:44s} {relative_error(out, ref):.2e}")
     return 0
 
 
