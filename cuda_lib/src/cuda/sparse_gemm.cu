@@ -74,13 +74,6 @@ __device__ __forceinline__ void zero_acc(float (&acc)[kMT][2][4]) {
       for (int q = 0; q < 4; ++q) acc[mt][j][q] = 0.0f;
 }
 
-// ldmatrix.x4 from a shared-window address (computed once per kernel, not converted per tile).
-__device__ __forceinline__ void ldmatrix_x4_shared(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // acc += X[BM rows, one kept tile's 16 columns] . tile^T. addr: this lane's ldmatrix address of the
 // first m16 fragment (lanes 0-15: rows 0-15 at columns 0-7, lanes 16-31: at columns 8-15), frag_bytes:
 // the distance between two m16 fragments; w: this lane's B fragments of the tile.
@@ -91,7 +84,7 @@ __device__ __forceinline__ void mma_tile(float (&acc)[kMT][2][4], uint32_t addr,
   for (int mt0 = 0; mt0 < kMT; mt0 += kLdGroup) {
     uint32_t a[kLdGroup][4];
 #pragma unroll
-    for (int i = 0; i < kLdGroup; ++i) ldmatrix_x4_shared(a[i], addr + (mt0 + i) * frag_bytes);
+    for (int i = 0; i < kLdGroup; ++i) ldmatrix_x4(a[i], addr + (mt0 + i) * frag_bytes);
 #pragma unroll
     for (int i = 0; i < kLdGroup; ++i) {
       mma16816<T>(acc[mt0 + i][0], a[i], w.x, w.y);
