@@ -396,10 +396,14 @@ template <typename Kernel, typename... Args>
 void launch_checked(Kernel kernel, dim3 grid, int warps, int smem, const DeviceSparseWeight& w, const Stream& s,
                     Args... args) {
   check(cudaGetLastError(), "an earlier CUDA call (pending before tile_sparse_gemm)");
-  const std::string what = "tile_sparse_gemm (grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) +
-                           ", " + std::to_string(warps * 32) + " threads, " + std::to_string(smem) +
-                           " B shared, n " + std::to_string(w.n) + ", k " + std::to_string(w.k) + ")";
-  launch(what.c_str(), kernel, grid, dim3(warps * 32), smem, s, args...);
+  try {
+    launch("tile_sparse_gemm", kernel, grid, dim3(warps * 32), smem, s, args...);
+  } catch (const Error& e) {  // the launch's shape, formatted only when it failed (this runs for every layer)
+    throw Error(e.status(), std::string(e.what()) + " (grid " + std::to_string(grid.x) + "x" +
+                                std::to_string(grid.y) + ", " + std::to_string(warps * 32) + " threads, " +
+                                std::to_string(smem) + " B shared, n " + std::to_string(w.n) + ", k " +
+                                std::to_string(w.k) + ")");
+  }
 }
 
 // All of K in one block: as many slabs as one wave of blocks holds (resident blocks per SM x SMs over
