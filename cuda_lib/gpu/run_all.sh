@@ -58,12 +58,14 @@ else
 fi
 LIB=$BUILD/libet.so
 EXE=$BUILD/et_infer
+# every pruned layer stored tiled and run through the tile-sparse kernel at any batch (the engine's knobs)
+ALL_TILE_SPARSE="ET_SPARSE_MAX_DENSITY=1.0 ET_SPARSE_MAX_ROWS=1000000000"
 
 step() {  # step NAME LIMIT_S COMMAND... (a shell function of this script runs in a child bash)
   local name=$1 limit=$2; shift 2
   local t=$(date +%s)
   if declare -F "$1" >/dev/null; then
-    export -f "$1"; export EXE OUT ROOT
+    export -f "$1"; export EXE OUT ROOT ALL_TILE_SPARSE
     set -- bash -c "$*"
   fi
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
@@ -96,9 +98,7 @@ EOF
   # cuBLASLt kernel. cuBLASLt's Hopper kernels (nvjet) order shared memory with mbarriers and TMA, which racecheck
   # does not model: instrumented it reported hazards inside them, excluded (--kernel-name-exclude) one of them
   # failed with a hardware exception under the tool (NOTES.md, session 3 runs 16 and 19).
-  local sparse=("ET_SPARSE_MAX_DENSITY=1.0 ET_SPARSE_MAX_ROWS=1000000000"
-                "ET_SPARSE_MAX_DENSITY=1.0 ET_SPARSE_MAX_ROWS=1000000000 ET_SPARSE_BM=64 --padded"
-                "ET_SPARSE_MAX_DENSITY=1.0 ET_SPARSE_MAX_ROWS=1000000000 ET_SPARSE_BM=128 --padded")
+  local sparse=("$ALL_TILE_SPARSE" "$ALL_TILE_SPARSE ET_SPARSE_BM=64 --padded" "$ALL_TILE_SPARSE ET_SPARSE_BM=128 --padded")
   for tool in memcheck racecheck; do
     local runs=("${sparse[@]}")
     [ "$tool" = memcheck ] && runs=("" "--padded" "${sparse[@]}")
@@ -135,13 +135,13 @@ EOF
   for run in "dense 32" "dense 1" "s80 32"; do
     set -- $run
     local knobs=()
-    [ "$1" = s80 ] && knobs=(ET_SPARSE_MAX_DENSITY=1.0 ET_SPARSE_MAX_ROWS=1000000000)
+    [ "$1" = s80 ] && knobs=($ALL_TILE_SPARSE)
     env "${knobs[@]}" ncu --clock-control none --cache-control none --csv --page raw --metrics "$metrics" "$EXE" \
         "$dir/$1/weights.txt" "$dir/$1" --backend cuda --batch "$2" --seq 128 --iters 2 --warmup 1 \
         > "$OUT/ncu_$1_b$2.csv" 2>&1 || return 1
     python3 cuda_lib/gpu/ncu_summary.py "$OUT/ncu_$1_b$2.csv"
   done
-  export ET_SPARSE_MAX_DENSITY=1.0 ET_SPARSE_MAX_ROWS=1000000000
+  export $ALL_TILE_SPARSE
   echo "--- tile_sparse_gemm details (one launch, 80% sparse model, batch 32 x 128)"
   ncu --clock-control none -k regex:tile_sparse --launch-skip 20 --launch-count 2 --section SpeedOfLight \
       --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
