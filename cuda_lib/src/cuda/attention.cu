@@ -174,15 +174,17 @@ template <typename T, int D>
 __global__ void attention_short_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out, int out_ld,
                                        const int32_t* __restrict__ slots, const int32_t* __restrict__ seq_start,
                                        const int32_t* __restrict__ seq_len, int rows, float scale_log2) {
-  pdl_enter();
   constexpr int LD = padded_ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);
   T* sk = sq + rows * LD;
   T* sv = sk + rows * LD;
+  // The head's slots (weights) and the batch's row ranges (copied in before the forward's first kernel) are
+  // read before pdl_enter: only Q, K and V come from the kernel before.
   const HeadArgs h = read_head(slots, blockIdx.x);
   const int b = blockIdx.y;
   const int first = seq_start[b], len = seq_len[b];
+  pdl_enter();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int need = (len + 15) / 16 * 16;
   load_rows(sq, LD, qkv, qkv_ld, first, h.q_off, h.dqk, need, len, tid, blockDim.x);
@@ -203,15 +205,15 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
                                                              int out_ld, const int32_t* __restrict__ slots,
                                                              const int32_t* __restrict__ seq_start,
                                                              const int32_t* __restrict__ seq_len, float scale_log2) {
-  pdl_enter();
   constexpr int LD = padded_ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);
   T* sk = sq + kLongQ * LD;       // [2][kLongK][LD]
   T* sv = sk + 2 * kLongK * LD;   // [2][kLongK][LD]
-  const HeadArgs h = read_head(slots, blockIdx.y);
+  const HeadArgs h = read_head(slots, blockIdx.y);  // read before pdl_enter, as in the short operator
   const int b = blockIdx.z;
   const int first = seq_start[b], len = seq_len[b];
+  pdl_enter();
   const int q0 = blockIdx.x * kLongQ;
   if (q0 >= len) return;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;

@@ -78,13 +78,30 @@ __device__ __forceinline__ void store_normalized(const float (&v)[CH * 8], int h
   }
 }
 
+// Copy gamma and beta (hidden each) into the block's shared memory, asynchronously: they are weights, so the
+// kernels request them before pdl_enter() and they load while the kernel before drains. Returns where they are.
+template <typename T>
+__device__ __forceinline__ const T* stage_affine(const T* gamma, const T* beta, int hidden) {
+  extern __shared__ __align__(16) unsigned char row_smem[];
+  T* s = reinterpret_cast<T*>(row_smem);  // [gamma | beta]
+  for (int i = threadIdx.x; i < hidden / 8; i += blockDim.x) {
+    cp_async16(s + i * 8, gamma + i * 8, true);
+    cp_async16(s + hidden + i * 8, beta + i * 8, true);
+  }
+  cp_async_commit();
+  return s;
+}
+
 template <typename T, int CH>
 __global__ void embed_layernorm_kernel(const int32_t* __restrict__ tok, const int32_t* __restrict__ seg,
                                        const int32_t* __restrict__ pos, int rows, int hidden, const T* __restrict__ word,
                                        const T* __restrict__ posemb, const T* __restrict__ type,
                                        const T* __restrict__ gamma, const T* __restrict__ beta, float eps,
                                        T* __restrict__ x) {
+  const T* affine = stage_affine(gamma, beta, hidden);
   pdl_enter();
+  cp_async_wait<0>();
+  __syncthreads();
   const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
@@ -104,13 +121,16 @@ __global__ void embed_layernorm_kernel(const int32_t* __restrict__ tok, const in
         for (int e = 0; e < 8; ++e) out[e] = a[e] + b[e] + c[e];
       },
       eps, lane, mean, rstd);
-  store_normalized<CH>(v, hidden, mean, rstd, gamma, beta, x + static_cast<size_t>(row) * hidden, lane);
+  store_normalized<CH>(v, hidden, mean, rstd, affine, affine + hidden, x + static_cast<size_t>(row) * hidden, lane);
 }
 
 template <typename T, int CH>
 __global__ void layernorm_kernel(const T* __restrict__ x, int rows, int hidden, const T* __restrict__ gamma,
                                  const T* __restrict__ beta, float eps, T* __restrict__ y) {
+  const T* affine = stage_affine(gamma, beta, hidden);
   pdl_enter();
+  cp_async_wait<0>();
+  __syncthreads();
   const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
@@ -119,7 +139,7 @@ __global__ void layernorm_kernel(const T* __restrict__ x, int rows, int hidden, 
   float mean, rstd;
   layernorm_row<CH>(
       v, hidden, [&](int chunk, float* out) { load8(src + chunk * 8, out); }, eps, lane, mean, rstd);
-  store_normalized<CH>(v, hidden, mean, rstd, gamma, beta, y + static_cast<size_t>(row) * hidden, lane);
+  store_normalized<CH>(v, hidden, mean, rstd, affine, affine + hidden, y + static_cast<size_t>(row) * hidden, lane);
 }
 
 template <typename T>
@@ -237,6 +257,10 @@ auto embed_layernorm_for(int ch) {
 
 dim3 row_grid(int rows) { return dim3((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
 
+// Shared memory of a LayerNorm block: gamma and beta.
+template <typename T>
+size_t affine_smem(int hidden) { return 2 * static_cast<size_t>(hidden) * sizeof(T); }
+
 int grid_for(int64_t n, int block) { return static_cast<int>(std::min<int64_t>((n + block - 1) / block, 65535)); }
 
 }  // namespace
@@ -245,14 +269,14 @@ template <typename T>
 void embed_layernorm(const int32_t* tok, const int32_t* seg, const int32_t* pos, int rows, int hidden, const T* word,
                      const T* posemb, const T* type, const T* gamma, const T* beta, float eps, T* x,
                      const Stream& s) {
-  launch("embed_layernorm", embed_layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32), 0,
-         s, tok, seg, pos, rows, hidden, word, posemb, type, gamma, beta, eps, x);
+  launch("embed_layernorm", embed_layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32),
+         affine_smem<T>(hidden), s, tok, seg, pos, rows, hidden, word, posemb, type, gamma, beta, eps, x);
 }
 
 template <typename T>
 void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, float eps, T* y, const Stream& s) {
-  launch("layernorm", layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32), 0, s, x, rows,
-         hidden, gamma, beta, eps, y);
+  launch("layernorm", layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32),
+         affine_smem<T>(hidden), s, x, rows, hidden, gamma, beta, eps, y);
 }
 
 template <typename T>
