@@ -55,6 +55,8 @@ class Case:
     precision: str = "fp16"
     cpu: bool = False        # also compare with the CPU backend
     sparse_bm: str = "0"     # ET_SPARSE_BM: rows of X per block of the tile-sparse kernel (0 = auto)
+    tiled: bool = True       # pruned layers through the tile-sparse kernel; False: their dense copies through
+                             # the dense GEMMs (small_m_gemm for <= 128 token rows, else cuBLASLt)
     vocab: int = 2000
 
 
@@ -70,7 +72,10 @@ def cases(rng: np.random.Generator) -> list[Case]:
         Case("minilm 95% +heads", "minilm", 0.05, 0.5, 0.0, batches=[r(9, 1, 128)], cpu=True),
         Case("minilm bf16 40%", "minilm", 0.6, 0.25, 0.1, batches=[r(8, 1, 160)], precision="bf16"),
         Case("base dense", "bert-base", 1.0,
-             batches=[[1], [128] * 32, r(32, 16, 128), [512, 333, 77], r(8, 1, 512), r(128, 1, 64)]),
+             batches=[[1], [128], [40, 51], [128] * 32, r(32, 16, 128), [512, 333, 77], r(8, 1, 512),
+                      r(128, 1, 64)]),
+        Case("base 70% +heads +dims dense GEMMs", "bert-base", 0.3, 0.25, 0.25, batches=[[128], [3, 60], [1]],
+             tiled=False),
         Case("base 80% +heads +dims", "bert-base", 0.2, 0.25, 0.25, batches=[r(32, 16, 128), [512, 300, 17]],
              cpu=True),
         Case("base 95% +heads", "bert-base", 0.05, 0.5, 0.0, batches=[r(16, 1, 200)]),
@@ -78,7 +83,7 @@ def cases(rng: np.random.Generator) -> list[Case]:
         Case("base 60% sparse BM 64", "bert-base", 0.4, 0.0, 0.25, batches=[[1], r(3, 1, 90)], sparse_bm="64"),
         Case("base 80% sparse BM 32", "bert-base", 0.2, 0.0, 0.0, batches=[r(20, 1, 128)], sparse_bm="32"),
         Case("base 30%", "bert-base", 0.7, 0.0, 0.0, batches=[r(24, 1, 256)]),
-        Case("large dense", "bert-large", 1.0, batches=[[512, 271], r(128, 1, 128)]),
+        Case("large dense", "bert-large", 1.0, batches=[[512, 271], r(128, 1, 128), [100]]),
         Case("large 60% +heads", "bert-large", 0.4, 0.25, 0.1, batches=[r(8, 1, 512)]),
     ]
 
@@ -122,6 +127,7 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
     model64_w32 = model.double().to(device)                       # the unrounded weights, in float64
     rows = []
     os.environ["ET_SPARSE_BM"] = case.sparse_bm  # read at load
+    os.environ["ET_SPARSE_MAX_DENSITY"] = "1.0" if case.tiled else "0"
     with Engine(lib, manifest, backend="cuda", precision=case.precision) as eng:
         cpu = Engine(lib, manifest, backend="cpu") if case.cpu else None
         try:
