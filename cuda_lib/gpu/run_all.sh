@@ -136,7 +136,9 @@ EOF
   # per-kernel times of one graph-replayed forward, caches not flushed (the summary keeps the last of the three
   # forwards); the 80% model's layers all through the tile-sparse kernel. ncu runs each kernel alone, with its
   # whole launch ramp and drain, so the sum exceeds the graph's forward (NOTES.md, run 21): read shares, not gaps.
-  for run in "dense 32" "dense 1" "s80 32"; do
+  local cases run
+  IFS=, read -ra cases <<< "${NCU_CASES:-dense 32,dense 1,s80 32}"  # model batch, ...
+  for run in "${cases[@]}"; do
     set -- $run
     local knobs=()
     [ "$1" = s80 ] && knobs=($ALL_TILE_SPARSE)
@@ -145,11 +147,13 @@ EOF
         > "$OUT/ncu_$1_b$2.csv" 2>&1 || return 1
     python3 cuda_lib/gpu/ncu_summary.py "$OUT/ncu_$1_b$2.csv"
   done
-  export $ALL_TILE_SPARSE
-  echo "--- tile_sparse_gemm details (one launch, 80% sparse model, batch 32 x 128)"
-  ncu --clock-control none -k regex:tile_sparse --launch-skip 20 --launch-count 2 --section SpeedOfLight \
+  # one kernel in detail: NCU_DETAIL="kernel-regex model batch" (default: the tile-sparse GEMM, 80% model, b32)
+  set -- ${NCU_DETAIL:-tile_sparse s80 32}
+  [ "$2" = s80 ] && export $ALL_TILE_SPARSE
+  echo "--- $1 details (two launches, model $2, batch $3 x 128)"
+  ncu --clock-control none -k "regex:$1" --launch-skip 20 --launch-count 2 --section SpeedOfLight \
       --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-      --section SchedulerStats "$EXE" "$dir/s80/weights.txt" "$dir/s80" --backend cuda --batch 32 --seq 128 \
+      --section SchedulerStats "$EXE" "$dir/$2/weights.txt" "$dir/$2" --backend cuda --batch "$3" --seq 128 \
       --iters 1 --warmup 0 2>&1 | grep -v "^==PROF==" | tail -150
 }
 
