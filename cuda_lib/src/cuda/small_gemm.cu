@@ -7,7 +7,8 @@
 //    thread-block cluster (K split over its blocks), so that a small GEMM still fills the GPU;
 //  - before griddepcontrol.wait a block copies its W slice (weights: no kernel of the forward writes them)
 //    into shared memory, so under programmatic dependent launch the weights stream in while the kernel
-//    before drains; only X, that kernel's output, is read after the wait, through a 3-stage cp.async ring;
+//    before drains; only X, that kernel's output, is read after the wait: its whole slice at once (one
+//    commit group per 64 columns, each computed as soon as it lands);
 //  - 8 warps of 32 rows x 32 columns, mma.sync.m16n8k16 with fp32 accumulation;
 //  - the cluster's partial sums are added through distributed shared memory (each block sums its share of
 //    the rows over all blocks of the cluster), then bias / GELU / residual and the fp16/bf16 store.
@@ -30,15 +31,38 @@ constexpr int kBN = 64;              // output columns of a block
 constexpr int kMaxRows = 128;        // rows of X the kernel takes (4 row groups of 32)
 constexpr int kWarps = 8;            // 4 row groups x 2 column groups of 32
 constexpr int kThreads = kWarps * 32;
-constexpr int kChunk = 64;           // K elements of X per ring stage
-constexpr int kStages = 3;
-constexpr int kPad = 8;              // elements of padding per shared-memory row: conflict-free ldmatrix
-constexpr int kXLd = kChunk + kPad;
+constexpr int kChunk = 64;           // K elements of X per commit group
+constexpr int kPad = 8;              // elements of padding per shared-memory row
 constexpr int kPartialLd = kBN + 8;  // floats per row of a block's partial sums
 constexpr int kMaxCluster = 8;       // the portable cluster size
 constexpr int kMaxSlice = 512;       // K elements per block at most (BERT-large's FFN2: 4096 = 8 x 512)
 
-static_assert(kPartialLd * 4 <= kStages * kXLd * 2, "the partial sums reuse the X ring");
+static_assert(kMaxSlice / kChunk <= 8, "cp_async_wait_pending takes at most 7 groups in flight");
+
+// Wait until at most `pending` of this thread's newest cp.async groups are still in flight (0..7).
+__device__ __forceinline__ void cp_async_wait_pending(int pending) {
+  switch (pending) {
+    case 0: cp_async_wait<0>(); break;
+    case 1: cp_async_wait<1>(); break;
+    case 2: cp_async_wait<2>(); break;
+    case 3: cp_async_wait<3>(); break;
+    case 4: cp_async_wait<4>(); break;
+    case 5: cp_async_wait<5>(); break;
+    case 6: cp_async_wait<6>(); break;
+    default: cp_async_wait<7>(); break;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float2 epilogue2(float v0, float v1, int epi, const T* residual_pair) {
+  if (epi == static_cast<int>(Epilogue::kBiasGelu)) return make_float2(gelu_erf(v0), gelu_erf(v1));
+  if (epi == static_cast<int>(Epilogue::kBiasGeluTanh)) return make_float2(gelu_tanh(v0), gelu_tanh(v1));
+  if (epi == static_cast<int>(Epilogue::kBiasResidual)) {
+    const float2 r = Elem<T>::unpack2(*reinterpret_cast<const uint32_t*>(residual_pair));
+    return make_float2(v0 + r.x, v1 + r.y);
+  }
+  return make_float2(v0, v1);
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) small_m_gemm_kernel(const T* __restrict__ x, int m, int k,
@@ -54,38 +78,35 @@ __global__ void __launch_bounds__(kThreads) small_m_gemm_kernel(const T* __restr
   const int k0 = rank * kslice;
   const int klen = min(kslice, k - k0);  // > 0 and a multiple of 16 (the host's plan)
   const int rows = (m + 15) & ~15;
-  const int ldw = kslice + kPad;
+  const int ld = kslice + kPad;          // both W and X rows: an odd multiple of 16 bytes, conflict-free ldmatrix
   const int tid = threadIdx.x;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sw = reinterpret_cast<T*>(smem_raw);  // [kBN][ldw]
-  T* sx = sw + kBN * ldw;                  // [kStages][rows][kXLd]
+  T* sw = reinterpret_cast<T*>(smem_raw);  // [kBN][ld]
+  T* sx = sw + kBN * ld;                   // [rows][ld]
 
   // The W slice: requested before the wait (columns past n zero-filled).
-  const int wpieces = klen / 8;
-  for (int i = tid; i < kBN * wpieces; i += kThreads) {
-    const int c = i / wpieces, p = i - c * wpieces;
+  const int pieces = klen / 8;
+  for (int i = tid; i < kBN * pieces; i += kThreads) {
+    const int c = i / pieces, p = i - c * pieces;
     const bool ok = n0 + c < n;
-    cp_async16(sw + c * ldw + p * 8, w + static_cast<size_t>(ok ? n0 + c : 0) * k + k0 + p * 8, ok);
+    cp_async16(sw + c * ld + p * 8, w + static_cast<size_t>(ok ? n0 + c : 0) * k + k0 + p * 8, ok);
   }
   cp_async_commit();
   pdl_enter();
 
-  // X in chunks of kChunk columns through the ring; one commit group per chunk (empty past the end), so the
-  // wait below always leaves the newest kStages - 2 groups in flight.
+  // All of the X slice at once, one commit group per chunk of kChunk columns: chunk c is computed as soon as
+  // it has landed while the later ones are still in flight (one L2 round trip for all of X).
   const int chunks = (klen + kChunk - 1) / kChunk;
-  auto load_chunk = [&](int c) {
-    if (c < chunks) {
-      T* dst = sx + (c % kStages) * rows * kXLd;
-      const int kc = k0 + c * kChunk, pieces = min(kChunk, klen - c * kChunk) / 8;
-      for (int i = tid; i < rows * pieces; i += kThreads) {
-        const int r = i / pieces, p = i - r * pieces;
-        const bool ok = r < m;
-        cp_async16(dst + r * kXLd + p * 8, x + static_cast<size_t>(ok ? r : 0) * k + kc + p * 8, ok);
-      }
+  for (int c = 0; c < chunks; ++c) {
+    const int cp = min(kChunk, klen - c * kChunk) / 8;
+    for (int i = tid; i < rows * cp; i += kThreads) {
+      const int r = i / cp, p = i - r * cp;
+      const bool ok = r < m;
+      const int col = c * kChunk + p * 8;
+      cp_async16(sx + r * ld + col, x + static_cast<size_t>(ok ? r : 0) * k + k0 + col, ok);
     }
     cp_async_commit();
-  };
-  for (int c = 0; c < kStages - 1; ++c) load_chunk(c);
+  }
 
   const int warp = tid >> 5, lane = tid & 31;
   const int wr = (warp & 3) * 32, wc = (warp >> 2) * 32;  // the warp's rows and columns in the block tile
@@ -93,27 +114,24 @@ __global__ void __launch_bounds__(kThreads) small_m_gemm_kernel(const T* __restr
   const int b_row = (lane & 7) + ((lane >> 4) << 3), b_col = ((lane >> 3) & 1) * 8;  // B fragments of W
   float acc[2][4][4] = {};
   for (int c = 0; c < chunks; ++c) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // chunk c landed for every thread; every warp is done with chunk c - 1's stage
-    load_chunk(c + kStages - 1);
-    const T* xs = sx + (c % kStages) * rows * kXLd;
-    const int len = min(kChunk, klen - c * kChunk);
-    for (int kk = 0; kk < len; kk += 16) {
+    cp_async_wait_pending(chunks - 1 - c);
+    __syncthreads();  // chunk c (and W) landed for every thread
+    const int end = min(klen, (c + 1) * kChunk);
+    for (int kk = c * kChunk; kk < end; kk += 16) {
       uint32_t b[2][4];
 #pragma unroll
-      for (int nj = 0; nj < 2; ++nj) ldmatrix_x4(b[nj], sw + (wc + nj * 16 + b_row) * ldw + c * kChunk + kk + b_col);
+      for (int nj = 0; nj < 2; ++nj) ldmatrix_x4(b[nj], sw + (wc + nj * 16 + b_row) * ld + kk + b_col);
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
         if (wr + mi * 16 >= rows) continue;  // warp-uniform: rows past M's 16-row tiles
         uint32_t a[4];
-        ldmatrix_x4(a, xs + (wr + mi * 16 + a_row) * kXLd + kk + a_col);
+        ldmatrix_x4(a, sx + (wr + mi * 16 + a_row) * ld + kk + a_col);
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) mma16816<T>(acc[mi][nt], a, b[nt >> 1][(nt & 1) * 2], b[nt >> 1][(nt & 1) * 2 + 1]);
       }
     }
   }
-  cp_async_wait<0>();
-  __syncthreads();  // every warp is done with the ring: it now holds this block's partial sums
+  __syncthreads();  // every warp is done with X: its space now holds this block's partial sums
 
   float* part = reinterpret_cast<float*>(sx);  // [rows][kPartialLd]
   const int g = lane >> 2, t = lane & 3;
@@ -130,36 +148,35 @@ __global__ void __launch_bounds__(kThreads) small_m_gemm_kernel(const T* __restr
   }
   cluster.sync();  // every block's partial sums are visible to the cluster
 
-  // This block's share of the rows: the sum over the cluster, then the epilogue (two columns a thread).
+  // This block's share of the rows: the sum over the cluster, then the epilogue, two columns a thread and two
+  // rows (r, r + kWarps) per step, every load of a step (2 x parts partial pairs, residual) issued before any use.
   const int share = (m + parts - 1) / parts;
   const int r_end = min(m, (rank + 1) * share);
   const int pair = tid & 31, col = n0 + 2 * pair;
   if (col < n) {
     float2 bv = make_float2(0.f, 0.f);
     if (bias != nullptr) bv = Elem<T>::unpack2(*reinterpret_cast<const uint32_t*>(bias + col));
-    for (int r = rank * share + (tid >> 5); r < r_end; r += kWarps) {
-      float2 sum[kMaxCluster];
+    for (int r = rank * share + warp; r < r_end; r += 2 * kWarps) {
+      const bool second = r + kWarps < r_end;
+      float2 sum[2][kMaxCluster];
 #pragma unroll
       for (int q = 0; q < kMaxCluster; ++q)
-        if (q < parts)
-          sum[q] = *reinterpret_cast<const float2*>(cluster.map_shared_rank(part, q) + r * kPartialLd + 2 * pair);
-      float v0 = bv.x, v1 = bv.y;
+        if (q < parts) {
+          const float* remote = cluster.map_shared_rank(part, q) + 2 * pair;
+          sum[0][q] = *reinterpret_cast<const float2*>(remote + r * kPartialLd);
+          sum[1][q] = second ? *reinterpret_cast<const float2*>(remote + (r + kWarps) * kPartialLd) : sum[0][q];
+        }
 #pragma unroll
-      for (int q = 0; q < kMaxCluster; ++q)
-        if (q < parts) v0 += sum[q].x, v1 += sum[q].y;
-      const size_t at = static_cast<size_t>(r) * n + col;
-      if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
-        v0 = gelu_erf(v0);
-        v1 = gelu_erf(v1);
-      } else if (epi == static_cast<int>(Epilogue::kBiasGeluTanh)) {
-        v0 = gelu_tanh(v0);
-        v1 = gelu_tanh(v1);
-      } else if (epi == static_cast<int>(Epilogue::kBiasResidual)) {
-        const float2 rv = Elem<T>::unpack2(*reinterpret_cast<const uint32_t*>(residual + at));
-        v0 += rv.x;
-        v1 += rv.y;
+      for (int h = 0; h < 2; ++h) {
+        if (h == 1 && !second) break;
+        float v0 = bv.x, v1 = bv.y;
+#pragma unroll
+        for (int q = 0; q < kMaxCluster; ++q)
+          if (q < parts) v0 += sum[h][q].x, v1 += sum[h][q].y;
+        const size_t at = static_cast<size_t>(r + h * kWarps) * n + col;
+        const float2 v = epilogue2<T>(v0, v1, epi, residual + at);
+        *reinterpret_cast<uint32_t*>(y + at) = Elem<T>::pack2(v.x, v.y);
       }
-      *reinterpret_cast<uint32_t*>(y + at) = Elem<T>::pack2(v0, v1);
     }
   }
   cluster.sync();  // no block leaves while another still reads its shared memory
@@ -175,9 +192,11 @@ struct Plan {
   int smem = 0;
 };
 
+// W slice, then the X slice or (after the MMAs, in the same place) the fp32 partial sums, whichever is larger.
 template <typename T>
 int smem_bytes(int rows, int kslice) {
-  return (kBN * (kslice + kPad) + kStages * rows * kXLd) * static_cast<int>(sizeof(T));
+  const int x = rows * (kslice + kPad) * static_cast<int>(sizeof(T));
+  return kBN * (kslice + kPad) * static_cast<int>(sizeof(T)) + std::max(x, rows * kPartialLd * 4);
 }
 
 // About one block per SM: column tiles x K slices, K slices at most kMaxCluster and at most kMaxSlice long.
