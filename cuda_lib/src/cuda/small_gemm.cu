@@ -39,6 +39,7 @@ constexpr int kMaxSlice = 512;       // K elements per block at most (BERT-large
 
 static_assert(kMaxSlice / kChunk <= 8, "cp_async_wait_pending takes at most 7 groups in flight");
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // device helpers of the sm_90 kernel body
 // Wait until at most `pending` of this thread's newest cp.async groups are still in flight (0..7).
 __device__ __forceinline__ void cp_async_wait_pending(int pending) {
   switch (pending) {
@@ -63,6 +64,7 @@ __device__ __forceinline__ float2 epilogue2(float v0, float v1, int epi, const T
   }
   return make_float2(v0, v1);
 }
+#endif
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) small_m_gemm_kernel(const T* __restrict__ x, int m, int k,
