@@ -56,7 +56,7 @@ class Case:
     cpu: bool = False        # also compare with the CPU backend
     sparse_bm: str = "0"     # ET_SPARSE_BM: rows of X per block of the tile-sparse kernel (0 = auto)
     tiled: bool = True       # pruned layers through the tile-sparse kernel; False: their dense copies through
-                             # the dense GEMMs (small_m_gemm for <= 128 token rows, else cuBLASLt)
+                             # cuBLASLt (pruned, odd N and K)
     vocab: int = 2000
 
 
@@ -74,7 +74,7 @@ def cases(rng: np.random.Generator) -> list[Case]:
         Case("base dense", "bert-base", 1.0,
              batches=[[1], [128], [40, 51], [128] * 32, r(32, 16, 128), [512, 333, 77], r(8, 1, 512),
                       r(128, 1, 64)]),
-        Case("base 70% +heads +dims dense GEMMs", "bert-base", 0.3, 0.25, 0.25, batches=[[128], [3, 60], [1]],
+        Case("base 70% +heads +dims cuBLASLt", "bert-base", 0.3, 0.25, 0.25, batches=[[128], [3, 60], [1]],
              tiled=False),
         Case("base 80% +heads +dims", "bert-base", 0.2, 0.25, 0.25, batches=[r(32, 16, 128), [512, 300, 17]],
              cpu=True),

@@ -7,13 +7,11 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   b1           seq 128 with and without the CUDA graph
   sparse       80% tile sparsity (random 16x16 tiles in every encoder linear) vs our dense
   ragged       lengths U[16, 128], batch 32: padding-free vs padded
-  density      sparse kernel vs cuBLASLt (and, at 128 rows, our small-M dense GEMM) on the same pruned model
-               at several densities (the ET_SPARSE_MAX_DENSITY threshold), and the sparse kernel's rows per
-               block (ET_SPARSE_BM)
+  density      sparse kernel vs cuBLASLt on the same pruned model at several densities (the
+               ET_SPARSE_MAX_DENSITY threshold), and the sparse kernel's rows per block (ET_SPARSE_BM)
   untuned      the same dense/b1/ragged rows with cuBLASLt's first heuristic choice (ET_GEMM_TUNE=1)
   variants     dense/b1/ragged with the exact erf GELU pass (ET_EXACT_GELU=1), without programmatic dependent
-               launch (ET_PDL=0), with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0), and with
-               cuBLASLt instead of the small-M GEMM for <= 128 rows (ET_SMALL_GEMM_MAX_ROWS=0)
+               launch (ET_PDL=0), and with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0)
   attention    (--attention) whole-sequence vs streaming operator by length (the ET_ATTN_SHORT_MAX switch)
 Each timing: 10 warm-up + median of 50 CUDA-event-timed runs, measured twice. Writes --json and
 prints a table last.
@@ -127,8 +125,7 @@ def main() -> int:
     # the same rows with one engine choice switched: exact erf GELU pass instead of the fused tanh form,
     # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush)
     for tag, knob in (("exact-erf GELU pass", {"ET_EXACT_GELU": "1"}), ("no early launch", {"ET_PDL": "0"}),
-                      ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"}),
-                      ("cuBLASLt for few rows", {"ET_SMALL_GEMM_MAX_ROWS": "0"})):
+                      ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"})):
         with env(**knob), Engine(p.lib, dense, backend="cuda") as eng:
             p.record(f"dense b32 s128 {tag}", p.engine_ms(eng, b32), f32)
             p.record(f"dense b1 s128 {tag}", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
@@ -163,11 +160,8 @@ def main() -> int:
         manifest = p.export(model, density, f"d{density:g}")
         for lens in (b32, b8, b1):
             fl = bench.forward_flops(DIMS, lens, False, density)
-            kernels = [("tile-sparse", "2", "128"), ("cublaslt", "0", "0")]
-            if lens.size == 1:  # 128 rows: also our small-M dense GEMM on the zero-filled weights
-                kernels.append(("small-M dense", "0", "128"))
-            for name, thr, small in kernels:
-                with env(ET_SPARSE_MAX_DENSITY=thr, ET_SPARSE_MAX_ROWS="1000000000", ET_SMALL_GEMM_MAX_ROWS=small), \
+            for name, thr in (("tile-sparse", "2"), ("cublaslt", "0")):
+                with env(ET_SPARSE_MAX_DENSITY=thr, ET_SPARSE_MAX_ROWS="1000000000"), \
                         Engine(p.lib, manifest, backend="cuda") as eng:
                     p.record(f"density {density:g} {name} b{lens.size} s128", p.engine_ms(eng, lens), fl)
         with Engine(p.lib, manifest, backend="cuda") as eng:  # the default thresholds' choice
@@ -210,8 +204,7 @@ def main() -> int:
     if "hf-compile-max-autotune b32 s128" in r:
         c = r["hf-compile-max-autotune b32 s128"]["ms_median"]
         print(f"vs torch.compile max-autotune: {c:.3f} ms -> speedup {c / d['ms_median']:.2f}x (target > 1)")
-    print(f"b1 graph: {r['dense b1 s128 (graph)']['ms_median']:.4f} ms (target <= 0.3); cuBLASLt instead of the "
-          f"small-M GEMM: {r['dense b1 s128 cuBLASLt for few rows']['ms_median']:.4f} ms")
+    print(f"b1 graph: {r['dense b1 s128 (graph)']['ms_median']:.4f} ms (target <= 0.3)")
     s80 = r.get("density 0.2 default b32 s128")
     if s80:
         print(f"80% sparse b32: {s80['ms_median']:.3f} ms -> {s80['speedup_vs_dense']:.2f}x vs dense (target >= 3)")

@@ -126,38 +126,21 @@ __device__ __forceinline__ void pdl_enter() {
 #endif
 }
 
-// Launch `kernel` on s (early when s allows it) in clusters of cluster_x blocks along x (1: no cluster
-// attribute; sm_90+ otherwise) and check the launch.
+// Launch `kernel` on s (early when s allows it) and check the launch.
 template <typename... Params, typename... Args>
-void launch_clustered(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, int cluster_x,
-                      const Stream& s, Args&&... args) {
-  cudaLaunchAttribute attrs[2]{};
-  unsigned count = 0;
-  if (s.early_launch) {
-    attrs[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[count++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (cluster_x > 1) {
-    attrs[count].id = cudaLaunchAttributeClusterDimension;
-    attrs[count].val.clusterDim.x = static_cast<unsigned>(cluster_x);
-    attrs[count].val.clusterDim.y = 1;
-    attrs[count++].val.clusterDim.z = 1;
-  }
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Stream& s,
+            Args&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s.handle;
-  cfg.attrs = count > 0 ? attrs : nullptr;
-  cfg.numAttrs = count;
+  cfg.attrs = s.early_launch ? &attr : nullptr;
+  cfg.numAttrs = s.early_launch ? 1 : 0;
   check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), name);
-}
-
-// Launch `kernel` on s (early when s allows it) and check the launch.
-template <typename... Params, typename... Args>
-void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Stream& s,
-            Args&&... args) {
-  launch_clustered(name, kernel, grid, block, smem, 1, s, std::forward<Args>(args)...);
 }
 
 }  // namespace et::cuda

@@ -41,9 +41,6 @@ namespace {
 // model pruned to 0.15 (their densities scatter around it) on the kernel.
 constexpr double kDefaultSparseMaxDensity = 0.16;
 constexpr int64_t kDefaultSparseMaxRows = 128;
-// Dense GEMMs of at most this many token rows run through small_m_gemm (sm_90+) instead of cuBLASLt
-// (NOTES.md, session 4); 0 turns it off.
-constexpr int kDefaultSmallMaxRows = 128;
 constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
 constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)
 constexpr size_t kMaxGraphs = 16;
@@ -198,10 +195,7 @@ class CudaEngine final : public Backend {
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
     name_ = prop.name;
-    int clusters = 0;
-    check(cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device_), "cudaDeviceGetAttribute");
-    gemm_dev_ = GemmDevice{prop.multiProcessorCount, static_cast<int>(prop.sharedMemPerBlockOptin), clusters};
-    small_max_rows_ = static_cast<int>(env_number("ET_SMALL_GEMM_MAX_ROWS", kDefaultSmallMaxRows));
+    sparse_dev_ = SparseDevice{prop.multiProcessorCount, static_cast<int>(prop.sharedMemPerBlockOptin)};
     early_launch_ = prop.major >= 9 && env_number("ET_PDL", 1) != 0;
     short_max_ = static_cast<int>(env_number("ET_ATTN_SHORT_MAX", kDefaultShortMax));
     poison_ = env_number("ET_POISON_WORKSPACE", 0) != 0;
@@ -369,16 +363,12 @@ class CudaEngine final : public Backend {
   // Kernels of the forward after its first: launched early where the GPU allows it.
   Stream layer_stream() const { return Stream{stream_, early_launch_}; }
 
-  // One linear layer: tile-sparse for a tiled weight and few enough rows, else our small-M GEMM where it
-  // takes the shape, else cuBLASLt.
   void linear(const DeviceLinear<T>& l, const T* x, int m, const T* residual, T* y, Epilogue epi) {
-    const T* bias = l.bias.template as<T>();
     if (l.sparse && m <= sparse_max_rows_)
-      sparse_gemm<T>(l.sw, x, m, bias, residual, y, epi, gemm_dev_, sparse_bm_, layer_stream());
-    else if (m > small_max_rows_ ||
-             !small_m_gemm<T>(l.weight.template as<T>(), x, m, l.n, l.k, bias, residual, y, epi, gemm_dev_,
-                              layer_stream()))
-      gemm_->run<T>(l.weight.template as<T>(), x, bias, residual, y, m, l.n, l.k, epi, layer_stream());
+      sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, sparse_dev_, sparse_bm_, layer_stream());
+    else
+      gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi,
+                    layer_stream());
   }
 
   // The whole forward on stream_, reading the staged indices (capturable: no host synchronisation).
@@ -458,14 +448,13 @@ class CudaEngine final : public Backend {
   et_precision precision_;
   int device_;
   std::string name_;
-  GemmDevice gemm_dev_;
+  SparseDevice sparse_dev_;
   int short_max_ = kDefaultShortMax;
   bool poison_ = false;
   int sparse_bm_ = 0;  // 0: chosen per batch
   bool early_launch_ = false;
   Epilogue gelu_ = Epilogue::kBiasGeluTanh;
   int64_t sparse_max_rows_ = kDefaultSparseMaxRows;
-  int small_max_rows_ = kDefaultSmallMaxRows;
   PreparedModel prepared_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DenseGemm> gemm_;

@@ -19,25 +19,17 @@ struct DeviceSparseWeight {
   const int32_t* tile_col = nullptr;  // [kept]
 };
 
-// What the GEMM kernels of ours need to know about the GPU to size their grids.
-struct GemmDevice {
+// What the tile-sparse GEMM needs to know about the GPU to size its grid.
+struct SparseDevice {
   int num_sms = 0;
   int max_smem_per_block = 0;  // opt-in maximum of dynamic shared memory per block, bytes
-  int cluster_launch = 0;      // thread-block clusters supported (sm_90+)
 };
 
 // Y[M, n] = epilogue(X[M, k] . W^T + bias (+ residual)); X, Y, residual row-major with ld k / n / n.
 // block_rows: rows of X per thread block (32, 64 or 128), or 0 to choose by M.
 template <typename T>
 void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, const GemmDevice& dev, int block_rows, const Stream& s);
-
-// Dense Y[m, n] = epilogue(X[m, k] . W[n, k]^T + bias (+ residual)) for m <= 128 token rows on sm_90+ (see
-// small_gemm.cu): W is read before the early-launch wait, K split over a thread-block cluster. Returns false,
-// launching nothing, where the shape or the GPU does not suit it (the caller then uses cuBLASLt).
-template <typename T>
-bool small_m_gemm(const T* w, const T* x, int m, int n, int k, const T* bias, const T* residual, T* y, Epilogue epi,
-                  const GemmDevice& dev, const Stream& s);
+                 Epilogue epi, const SparseDevice& dev, int block_rows, const Stream& s);
 
 // Per computed head of a layer (device copy of prepare.h's HeadSlot).
 struct DeviceHeads {

@@ -410,7 +410,7 @@ void launch_checked(Kernel kernel, dim3 grid, int warps, int smem, const DeviceS
 // the row blocks), but no more than give every warp a tile row (small batches: fewer X copies).
 template <typename T, int BM>
 void launch_stream(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                   Epilogue epi, const GemmDevice& dev, const Stream& stream) {
+                   Epilogue epi, const SparseDevice& dev, const Stream& stream) {
   constexpr int kStreamWarps = stream_warps<BM>();
   auto kernel = tile_sparse_stream_kernel<T, BM, kStreamWarps>;
   const int smem = stream_smem_bytes<T>(BM, w.k);
@@ -428,7 +428,7 @@ void launch_stream(const DeviceSparseWeight& w, const T* x, int m, const T* bias
 // K in chunks that let two blocks share an SM; one tile row per warp.
 template <typename T, int BM>
 void launch_chunked(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                    Epilogue epi, const GemmDevice& dev, const Stream& stream) {
+                    Epilogue epi, const SparseDevice& dev, const Stream& stream) {
   auto kernel = tile_sparse_chunked_kernel<T, BM, kChunkedWarps>;
   const int budget = std::min(kTwoPerSmSmem, dev.max_smem_per_block);
   const int chunk_tiles = (budget / (BM * static_cast<int>(sizeof(T))) - kXPad) / kTile;
@@ -444,7 +444,7 @@ void launch_chunked(const DeviceSparseWeight& w, const T* x, int m, const T* bia
 // The stream kernel when BM rows of all of K fit into one block's shared memory, else the chunked one.
 template <typename T, int BM>
 void launch_rows(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, const GemmDevice& dev, const Stream& stream) {
+                 Epilogue epi, const SparseDevice& dev, const Stream& stream) {
   if (stream_smem_bytes<T>(BM, w.k) <= dev.max_smem_per_block)
     launch_stream<T, BM>(w, x, m, bias, residual, y, epi, dev, stream);
   else
@@ -455,7 +455,7 @@ void launch_rows(const DeviceSparseWeight& w, const T* x, int m, const T* bias, 
 // 64 when 64 rows of all of K fit into a block (W read M/64 times from L2, X once per slab), else 32
 // when 32 rows do (K = 3072 on an H100), else 64 with K in chunks.
 template <typename T>
-int auto_block_rows(int m, int k, const GemmDevice& dev) {
+int auto_block_rows(int m, int k, const SparseDevice& dev) {
   if (m <= 256) return 32;
   if (stream_smem_bytes<T>(64, k) <= dev.max_smem_per_block) return 64;
   if (stream_smem_bytes<T>(32, k) <= dev.max_smem_per_block) return 32;
@@ -466,7 +466,7 @@ int auto_block_rows(int m, int k, const GemmDevice& dev) {
 
 template <typename T>
 void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, const T* residual, T* y,
-                 Epilogue epi, const GemmDevice& dev, int block_rows, const Stream& stream) {
+                 Epilogue epi, const SparseDevice& dev, int block_rows, const Stream& stream) {
   if (m <= 0) return;
   if (block_rows == 0) block_rows = auto_block_rows<T>(m, w.k, dev);
   switch (block_rows) {
@@ -480,9 +480,9 @@ void sparse_gemm(const DeviceSparseWeight& w, const T* x, int m, const T* bias, 
 }
 
 template void sparse_gemm<__half>(const DeviceSparseWeight&, const __half*, int, const __half*, const __half*,
-                                  __half*, Epilogue, const GemmDevice&, int, const Stream&);
+                                  __half*, Epilogue, const SparseDevice&, int, const Stream&);
 template void sparse_gemm<__nv_bfloat16>(const DeviceSparseWeight&, const __nv_bfloat16*, int,
                                          const __nv_bfloat16*, const __nv_bfloat16*, __nv_bfloat16*, Epilogue,
-                                         const GemmDevice&, int, const Stream&);
+                                         const SparseDevice&, int, const Stream&);
 
 }  // namespace et::cuda
