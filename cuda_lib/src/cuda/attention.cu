@@ -2,25 +2,20 @@
 // matrix held in registers (never written to global memory).
 //
 // Two operators, chosen by the batch's longest sequence:
-//  - short: a (sequence, head) at a time, the whole sequence's Q, K and V in shared memory; each warp keeps
-//    its 16 query rows' scores against every key in registers (up to kShortKeys keys) and does one exact
-//    softmax; the blocks are persistent (one wave) and request the next unit's Q/K/V while computing one;
+//  - short: one thread block per (sequence, head) loads the whole sequence's Q, K and V into shared
+//    memory once; each warp keeps its 16 query rows' scores against every key in registers
+//    (up to kShortKeys keys) and does one exact softmax;
 //  - long: one block per (sequence, head, 64 queries) streams 64-key blocks of K and V through a
 //    double-buffered cp.async pipeline with an online (running max / running sum) softmax.
 // Only computed heads are launched; each head's Q/K and V widths are its kept dimensions (prepare.h).
-#include <algorithm>
 #include <cmath>
-#include <map>
-#include <mutex>
-#include <tuple>
 
 #include "kernels.h"
 
 namespace et::cuda {
 namespace {
 
-constexpr int kShortKeys = 128;  // longest sequence of the short operator (shared memory: two units of 128 rows)
-constexpr int kShortStep = 64;   // keys per softmax step of the short operator (32 scores per thread)
+constexpr int kShortKeys = 128;  // longest sequence of the short operator (registers: 64 scores/thread)
 constexpr int kLongQ = 64;       // queries per block of the long operator (4 warps)
 constexpr int kLongK = 64;       // keys per streamed block
 
@@ -62,19 +57,15 @@ struct WarpAttention {
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks)
       if (ks * 16 < dqk) ldmatrix_x4(qf[ks], sq + (row0 + (lane & 15)) * padded_ld<D>() + ks * 16 + (lane >> 4) * 8);
-    mrow[0] = mrow[1] = -INFINITY;
-    lrow[0] = lrow[1] = 0.0f;
-  }
-
-  __device__ __forceinline__ void clear_output() {
 #pragma unroll
     for (int i = 0; i < D / 8; ++i)
 #pragma unroll
       for (int q = 0; q < 4; ++q) o[i][q] = 0.0f;
+    mrow[0] = mrow[1] = -INFINITY;
+    lrow[0] = lrow[1] = 0.0f;
   }
 
-  // Attend to KB keys in shared memory (rows >= kvalid are padding: masked, zero-filled); the output was
-  // cleared before the first step.
+  // Attend to KB keys in shared memory (rows >= kvalid are padding: masked, zero-filled).
   template <int KB>
   __device__ __forceinline__ void step(const T* sk, const T* sv, int kvalid, int dqk, int dv, float scale_log2,
                                        int lane) {
@@ -179,72 +170,34 @@ struct WarpAttention {
   }
 };
 
-// A (sequence, head) pair of the batch: unit u is head u % heads of sequence u / heads.
-struct Unit {
-  HeadArgs h;
-  int first, len;
-};
-
-__device__ __forceinline__ Unit read_unit(const int32_t* slots, const int32_t* seq_start, const int32_t* seq_len,
-                                          int heads, int u) {
-  const int b = u / heads;
-  return Unit{read_head(slots, u - b * heads), seq_start[b], seq_len[b]};
-}
-
-// Request a unit's Q, K and V rows (its length rounded up to 16, the rest zero-filled) into q | k | v at dst.
 template <typename T, int D>
-__device__ __forceinline__ void load_unit(T* dst, int rows, const Unit& u, const T* qkv, int qkv_ld, int tid,
-                                          int nthreads) {
-  constexpr int LD = padded_ld<D>();
-  const int need = (u.len + 15) / 16 * 16;
-  load_rows(dst, LD, qkv, qkv_ld, u.first, u.h.q_off, u.h.dqk, need, u.len, tid, nthreads);
-  load_rows(dst + rows * LD, LD, qkv, qkv_ld, u.first, u.h.k_off, u.h.dqk, need, u.len, tid, nthreads);
-  load_rows(dst + 2 * rows * LD, LD, qkv, qkv_ld, u.first, u.h.v_off, u.h.dv, need, u.len, tid, nthreads);
-}
-
-// Persistent over (sequence, head) units: block i takes units i, i + gridDim.x, ...; the next unit's Q/K/V are
-// requested into the other half of a double buffer before the current one is computed, so each block overlaps
-// its loads with its MMAs (one warp per 16 query rows; rows = the batch's longest sequence rounded up to 16).
-template <typename T, int D>
-__global__ void __launch_bounds__(kShortKeys / 16 * 32, 2) attention_short_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out, int out_ld,
+__global__ void attention_short_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out, int out_ld,
                                        const int32_t* __restrict__ slots, const int32_t* __restrict__ seq_start,
-                                       const int32_t* __restrict__ seq_len, int heads, int units, int rows,
-                                       float scale_log2) {
+                                       const int32_t* __restrict__ seq_len, int rows, float scale_log2) {
   constexpr int LD = padded_ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* const buffers = reinterpret_cast<T*>(smem_raw);  // [2][q | k | v][rows][LD]
-  const int stride = 3 * rows * LD;
-  int u = blockIdx.x;
+  T* sq = reinterpret_cast<T*>(smem_raw);
+  T* sk = sq + rows * LD;
+  T* sv = sk + rows * LD;
+  // The head's slots (weights) and the batch's row ranges (copied in before the forward's first kernel) are
+  // read before pdl_enter: only Q, K and V come from the kernel before.
+  const HeadArgs h = read_head(slots, blockIdx.x);
+  const int b = blockIdx.y;
+  const int first = seq_start[b], len = seq_len[b];
+  pdl_enter();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  {
-    // The first unit's head slots (weights) and row range (copied in before the forward's first kernel) are
-    // read before pdl_enter: only Q, K and V come from the kernel before.
-    const Unit first = read_unit(slots, seq_start, seq_len, heads, u);
-    pdl_enter();
-    load_unit<T, D>(buffers, rows, first, qkv, qkv_ld, tid, blockDim.x);
-  }
+  const int need = (len + 15) / 16 * 16;
+  load_rows(sq, LD, qkv, qkv_ld, first, h.q_off, h.dqk, need, len, tid, blockDim.x);
+  load_rows(sk, LD, qkv, qkv_ld, first, h.k_off, h.dqk, need, len, tid, blockDim.x);
+  load_rows(sv, LD, qkv, qkv_ld, first, h.v_off, h.dv, need, len, tid, blockDim.x);
   cp_async_commit();
-  for (int i = 0; u < units; ++i, u += gridDim.x) {
-    if (u + static_cast<int>(gridDim.x) < units)
-      load_unit<T, D>(buffers + ((i + 1) & 1) * stride, rows,
-                      read_unit(slots, seq_start, seq_len, heads, u + gridDim.x), qkv, qkv_ld, tid, blockDim.x);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();  // this unit's rows landed for every thread
-    const Unit cur = read_unit(slots, seq_start, seq_len, heads, u);  // re-read (cached), not held in registers
-    const T* sq = buffers + (i & 1) * stride;
-    if (warp * 16 < cur.len) {
-      WarpAttention<T, D> w;
-      w.init(sq, warp * 16, cur.h.dqk, lane);
-      w.clear_output();
-      // keys in blocks of kShortStep with the running softmax: half the score registers of one pass over all keys
-      for (int k0 = 0; k0 < cur.len; k0 += kShortStep)
-        w.template step<kShortStep>(sq + (rows + k0) * LD, sq + (2 * rows + k0) * LD, min(kShortStep, cur.len - k0),
-                                    cur.h.dqk, cur.h.dv, scale_log2, lane);
-      w.store(out, out_ld, cur.first, warp * 16, cur.len, cur.h.out_off, cur.h.dv, lane);
-    }
-    __syncthreads();  // every warp is done with this half before the next iteration refills it
-  }
+  cp_async_wait<0>();
+  __syncthreads();
+  if (warp * 16 >= len) return;
+  WarpAttention<T, D> w;
+  w.init(sq, warp * 16, h.dqk, lane);
+  w.template step<kShortKeys>(sk, sv, len, h.dqk, h.dv, scale_log2, lane);
+  w.store(out, out_ld, first, warp * 16, len, h.out_off, h.dv, lane);
 }
 
 template <typename T, int D>
@@ -279,10 +232,7 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    if (kb == 0) {
-      w.init(sq, warp * 16, h.dqk, lane);
-      w.clear_output();
-    }
+    if (kb == 0) w.init(sq, warp * 16, h.dqk, lane);
     const int buf = kb & 1;
     w.template step<kLongK>(sk + buf * kLongK * LD, sv + buf * kLongK * LD, min(kLongK, len - kb * kLongK), h.dqk,
                             h.dv, scale_log2, lane);
@@ -291,56 +241,33 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
   w.store(out, out_ld, first + q0, warp * 16, len - q0, h.out_off, h.dv, lane);
 }
 
-// Blocks of `kernel` (threads, smem) resident on the whole GPU at once; cached per (device, kernel, shape).
-int resident_blocks(const void* kernel, int threads, size_t smem) {
-  static std::mutex mu;
-  static std::map<std::tuple<int, const void*, int, size_t>, int> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  int device = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  const auto key = std::make_tuple(device, kernel, threads, smem);
-  if (const auto it = cache.find(key); it != cache.end()) return it->second;
-  int per_sm = 0, sms = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem),
-        "cudaOccupancyMaxActiveBlocksPerMultiprocessor(attention_short)");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-  return cache.emplace(key, std::max(per_sm, 1) * sms).first->second;
-}
-
-// The short operator (64-wide heads: its scores and outputs fill the registers), one wave of persistent blocks.
-template <typename T>
-void launch_short(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
-                  const int32_t* seq_len, int batch, int max_len, float scale_log2, const Stream& stream) {
-  constexpr int LD = padded_ld<64>();
-  const int rows = (max_len + 15) / 16 * 16;
-  const int threads = rows / 16 * 32;
-  const size_t smem = static_cast<size_t>(6) * rows * LD * sizeof(T);  // double-buffered Q, K, V
-  auto kernel = attention_short_kernel<T, 64>;
-  static const bool attr_set = (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                           6 * kShortKeys * LD * static_cast<int>(sizeof(T))),
-                                      "cudaFuncSetAttribute(attention_short)"),
-                                true);
-  (void)attr_set;
-  const int units = heads.count * batch;
-  const int grid = std::min(units, resident_blocks(reinterpret_cast<const void*>(kernel), threads, smem));
-  launch("attention_short", kernel, dim3(grid), dim3(threads), smem, stream, qkv, qkv_ld, out, out_ld, heads.slots,
-         seq_start, seq_len, heads.count, units, rows, scale_log2);
-}
-
-// The long (streaming) operator: one block per (sequence, head, kLongQ queries).
 template <typename T, int D>
-void launch_long(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
-                 const int32_t* seq_len, int batch, int max_len, float scale_log2, const Stream& stream) {
+void launch_attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
+                      const int32_t* seq_len, int batch, int max_len, float scale_log2, bool use_short,
+                      const Stream& stream) {
   constexpr int LD = padded_ld<D>();
-  const size_t smem = static_cast<size_t>(kLongQ + 4 * kLongK) * LD * sizeof(T);
-  auto kernel = attention_long_kernel<T, D>;
-  static const bool attr_set =
-      (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-             "cudaFuncSetAttribute(attention_long)"),
-       true);
-  (void)attr_set;
-  launch("attention_long", kernel, dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), dim3(128), smem, stream,
-         qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
+  if (use_short) {
+    const int rows = (max_len + 15) / 16 * 16;
+    const size_t smem = static_cast<size_t>(3) * rows * LD * sizeof(T);
+    auto kernel = attention_short_kernel<T, D>;
+    static const bool attr_set = (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                             3 * kShortKeys * LD * static_cast<int>(sizeof(T))),
+                                        "cudaFuncSetAttribute(attention_short)"),
+                                  true);
+    (void)attr_set;
+    launch("attention_short", kernel, dim3(heads.count, batch), dim3(rows / 16 * 32), smem, stream, qkv, qkv_ld, out,
+           out_ld, heads.slots, seq_start, seq_len, rows, scale_log2);
+  } else {
+    const size_t smem = static_cast<size_t>(kLongQ + 4 * kLongK) * LD * sizeof(T);
+    auto kernel = attention_long_kernel<T, D>;
+    static const bool attr_set =
+        (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+               "cudaFuncSetAttribute(attention_long)"),
+         true);
+    (void)attr_set;
+    launch("attention_long", kernel, dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), dim3(128), smem,
+           stream, qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
+  }
 }
 
 }  // namespace
@@ -350,12 +277,13 @@ void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& 
                const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
                int short_max, const Stream& stream) {
   const float scale_log2 = scale * 1.4426950408889634f;
-  if (std::max(max_dqk, max_dv) > 64)
-    launch_long<T, 128>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
-  else if (max_len <= std::min(short_max, kShortKeys))
-    launch_short<T>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
+  const bool use_short = max_len <= std::min(short_max, kShortKeys);
+  if (std::max(max_dqk, max_dv) <= 64)
+    launch_attention<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2,
+                            use_short, stream);
   else
-    launch_long<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
+    launch_attention<T, 128>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2,
+                             false, stream);
 }
 
 template void attention<__half>(const __half*, int, __half*, int, const DeviceHeads&, int, int, const int32_t*,
