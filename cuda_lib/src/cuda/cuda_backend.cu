@@ -43,7 +43,6 @@ constexpr double kDefaultSparseMaxDensity = 0.16;
 constexpr int64_t kDefaultSparseMaxRows = 128;
 constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
 constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)
-constexpr int kDefaultGemmTuneReps = 15;            // timed launches per candidate, median (NOTES.md, session 4)
 constexpr size_t kMaxGraphs = 16;
 
 // An owned device allocation.
@@ -213,9 +212,7 @@ class CudaEngine final : public Backend {
     prepared_ = prepare_model(m, max_density);
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     try {
-      gemm_ = std::make_unique<DenseGemm>(gemm_tune,
-                                          static_cast<int>(env_number("ET_GEMM_TUNE_REPS", kDefaultGemmTuneReps)),
-                                          env_number("ET_GEMM_TUNE_COLD", 1) != 0);
+      gemm_ = std::make_unique<DenseGemm>(gemm_tune, env_number("ET_GEMM_TUNE_COLD", 1) != 0);
       word_ = upload_as<T>(m.word_emb);
       pos_ = upload_as<T>(m.pos_emb);
       type_ = upload_as<T>(m.type_emb);

@@ -1,6 +1,6 @@
 // cuBLASLt GEMMs with the bias (and residual via beta = 1) epilogue; plans cached per shape, each
 // shape's algorithm chosen by timing cuBLASLt's heuristic candidates on its first (uncaptured) run,
-// each timed launch after the L2 was flushed; a candidate's time is the median of its timed launches.
+// each timed launch after the L2 was flushed.
 #include "dense_gemm.h"
 
 #include <cublasLt.h>
@@ -38,7 +38,7 @@ struct DenseGemm::Impl {
     cublasLtMatmulAlgo_t algo{};
   };
 
-  Impl(int tune, int reps, bool cold) : tune_candidates(std::max(1, tune)), tune_reps(std::max(1, reps)), cold_tuning(cold) {
+  Impl(int tune, bool cold) : tune_candidates(std::max(1, tune)), cold_tuning(cold) {
     check_lt(cublasLtCreate(&handle), "cublasLtCreate");
     const cudaError_t err = cudaMalloc(&workspace, workspace_bytes);
     if (err != cudaSuccess) {
@@ -62,7 +62,6 @@ struct DenseGemm::Impl {
   void choose_algo(Plan& p, const void* w, const void* x, void* y, cudaStream_t stream);
 
   int tune_candidates;
-  int tune_reps;
   bool cold_tuning;
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
@@ -70,8 +69,8 @@ struct DenseGemm::Impl {
   std::map<Key, Plan> plans;
 };
 
-DenseGemm::DenseGemm(int tune_candidates, int tune_reps, bool cold_tuning)
-    : impl_(std::make_unique<Impl>(tune_candidates, tune_reps, cold_tuning)) {}
+DenseGemm::DenseGemm(int tune_candidates, bool cold_tuning)
+    : impl_(std::make_unique<Impl>(tune_candidates, cold_tuning)) {}
 DenseGemm::~DenseGemm() = default;
 
 DenseGemm::Impl::Plan& DenseGemm::Impl::plan(const Key& key, cudaDataType_t type) {
@@ -117,9 +116,7 @@ DenseGemm::Impl::Plan& DenseGemm::Impl::plan(const Key& key, cudaDataType_t type
 }
 
 void DenseGemm::Impl::choose_algo(Plan& p, const void* w, const void* x, void* y, cudaStream_t stream) {
-  // The median of tune_reps launches per candidate: one launch takes 5-10 us at 128 rows, so with few launches
-  // a slow one (or event jitter) decides between candidates a few percent apart (NOTES.md, session 4).
-  constexpr int kWarmup = 2;
+  constexpr int kWarmup = 2, kTimed = 5;
   const float alpha = 1.0f, beta = 0.0f;
   // Cold timing: before each timed launch, a write over twice the L2 evicts the operands, as the forward
   // finds a GEMM's weights (they were last read a whole layer ago). The buffer lives only while tuning.
@@ -139,7 +136,6 @@ void DenseGemm::Impl::choose_algo(Plan& p, const void* w, const void* x, void* y
   cudaError_t err = cudaEventCreate(&start);
   if (err == cudaSuccess) err = cudaEventCreate(&stop);
   float best_ms = -1.0f;
-  std::vector<float> times(tune_reps);
   for (const cublasLtMatmulAlgo_t& algo : p.candidates) {
     if (err != cudaSuccess) break;
     auto launch = [&] {
@@ -148,18 +144,19 @@ void DenseGemm::Impl::choose_algo(Plan& p, const void* w, const void* x, void* y
     };
     bool ok = true;
     for (int i = 0; i < kWarmup && ok; ++i) ok = launch() == CUBLAS_STATUS_SUCCESS;
-    for (int i = 0; i < tune_reps && ok; ++i) {
+    float total = 0.0f;
+    for (int i = 0; i < kTimed && ok; ++i) {
       if (flush) ok = cudaMemsetAsync(flush, i, flush_bytes, stream) == cudaSuccess;
+      float ms = 0.0f;
       ok = ok && cudaEventRecord(start, stream) == cudaSuccess && launch() == CUBLAS_STATUS_SUCCESS &&
            cudaEventRecord(stop, stream) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
-           cudaEventElapsedTime(&times[i], start, stop) == cudaSuccess;
+           cudaEventElapsedTime(&ms, start, stop) == cudaSuccess;
+      total += ms;
     }
     cudaGetLastError();  // a rejected candidate's launch error must not be blamed on the next kernel
     if (!ok) continue;   // a candidate the heuristic offered but this problem (or this GPU state) rejects
-    std::nth_element(times.begin(), times.begin() + tune_reps / 2, times.end());
-    const float median = times[tune_reps / 2];
-    if (best_ms < 0.0f || median < best_ms) {
-      best_ms = median;
+    if (best_ms < 0.0f || total < best_ms) {
+      best_ms = total;
       p.algo = algo;
     }
   }

@@ -14,10 +14,9 @@ class DenseGemm {
  public:
   // tune_candidates > 1: the first run of each shape (outside stream capture) times up to this many
   // of cuBLASLt's heuristic algorithms on the real operands and keeps the fastest; 1 takes the
-  // heuristic's first choice; a candidate's time is the median of tune_reps launches. cold_tuning: each
-  // timed launch follows an L2 flush (as the forward's GEMMs find their weights); otherwise back-to-back
-  // launches on cache-warm operands.
-  DenseGemm(int tune_candidates, int tune_reps, bool cold_tuning);
+  // heuristic's first choice. cold_tuning: each timed launch follows an L2 flush (as the forward's
+  // GEMMs find their weights); otherwise back-to-back launches on cache-warm operands.
+  DenseGemm(int tune_candidates, bool cold_tuning);
   ~DenseGemm();
   DenseGemm(const DenseGemm&) = delete;
   DenseGemm& operator=(const DenseGemm&) = delete;
