@@ -5,6 +5,7 @@
 #   sanitize  compute-sanitizer memcheck + racecheck on a small ragged case (et_infer)
 #   perf      the performance targets and switch points      (cuda_lib/gpu/perf.py)
 #   ncu       per-kernel profile of one dense and one 80%-sparse forward (ncu --clock-control none)
+#   order     batch-1 forward time by engine load order (cuda_lib/gpu/load_order.py)
 #   bench     python -m pipeline_steps.bench --standalone (writes BENCHMARKS.md; outputs tarred)
 #   benchsmoke  the same on a tiny grid
 #   prune     scripts/gpu_prune_check.py, when present
@@ -162,6 +163,8 @@ for s in "$@"; do
   case $s in
     check) step check "${CHECK_LIMIT:-420}" python3 cuda_lib/gpu/check.py --lib "$LIB" --work /tmp/et-check ;;
     sanitize) step sanitize "${SANITIZE_LIMIT:-420}" sanitize ;;
+    order) step order "${ORDER_LIMIT:-240}" python3 cuda_lib/gpu/load_order.py --lib "$LIB" --work /tmp/et-order \
+             --json "$OUT/load_order.json" ;;
     perf) step perf "${PERF_LIMIT:-480}" python3 cuda_lib/gpu/perf.py --lib "$LIB" --work /tmp/et-perf --json "$OUT/perf.json" \
             ${PERF_ARGS:-} ;;
     ncu) step ncu "${NCU_LIMIT:-540}" profile ;;
