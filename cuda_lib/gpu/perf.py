@@ -10,7 +10,7 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   density      sparse kernel vs cuBLASLt on the same pruned model at several densities (the
                ET_SPARSE_MAX_DENSITY threshold), and the sparse kernel's rows per block (ET_SPARSE_BM)
   untuned      the same dense/b1/ragged rows with cuBLASLt's first heuristic choice (ET_GEMM_TUNE=1)
-  loads        dense b1/b32 in four more engine loads of the same model (each tunes cuBLASLt afresh): the spread
+  loads        dense b1/b32 in four more engine loads of the same model: the spread over the process's lifetime
   variants     dense/b1/ragged with the exact erf GELU pass (ET_EXACT_GELU=1), without programmatic dependent
                launch (ET_PDL=0), and with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0)
   attention    (--attention) whole-sequence vs streaming operator by length (the ET_ATTN_SHORT_MAX switch)
@@ -123,7 +123,8 @@ def main() -> int:
         for seq in (64, 256, 512):
             lens = np.full(32 if seq < 512 else 8, seq, np.int32)
             p.record(f"dense b{lens.size} s{seq} (graph)", p.engine_ms(eng, lens), bench.forward_flops(DIMS, lens, False))
-    # the spread between engine loads of one model (each times cuBLASLt's candidates afresh; NOTES.md, session 4)
+    # four more engine loads of the same model: the spread over the process's lifetime (NOTES.md, run 30: the GPU
+    # slows ~7% at batch 1 after seconds of sustained load, every engine alike)
     spread = {"b1": [], "b32": []}
     for k in range(1, 5):
         with Engine(p.lib, dense, backend="cuda") as eng:
