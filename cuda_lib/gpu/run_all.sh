@@ -95,9 +95,9 @@ EOF
   local args=("$dir/weights.txt" "$dir" --backend cuda --iters 1 --warmup 0)
   local rc=0
   # memcheck: default thresholds (the 50% tiles run through cuBLASLt), packed and padded, then every pruned
-  # layer tile-sparse with the automatic block rows (32 packed, 210 rows), 64 rows (all of K, 16 warps) and 128
-  # rows (K = 1536 in chunks). racecheck: the three tile-sparse runs, which launch every kernel of ours and no
-  # cuBLASLt kernel. cuBLASLt's Hopper kernels (nvjet) order shared memory with mbarriers and TMA, which racecheck
+  # layer tile-sparse with the automatic block rows (32 packed, 210 rows), 64 rows (all of K, 16 warps), 128
+  # rows (K = 1536 in chunks) and on the short batch below. racecheck: the four tile-sparse runs, which launch
+  # every kernel of ours and no cuBLASLt kernel. cuBLASLt's Hopper kernels (nvjet) order shared memory with mbarriers and TMA, which racecheck
   # does not model: instrumented it reported hazards inside them, excluded (--kernel-name-exclude) one of them
   # failed with a hardware exception under the tool (NOTES.md, session 3 runs 16 and 19). The batch's longest
   # sequence (150) takes the streaming attention operator; --short runs its first three sequences (longest 40),
