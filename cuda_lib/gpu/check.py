@@ -29,7 +29,8 @@ from pathlib import Path
 
 os.environ["ET_POISON_WORKSPACE"] = "1"  # read by the engine at load
 # Every pruned layer (tile density below 1) is stored tiled and runs through the tile-sparse kernel at
-# every batch size; unpruned layers go through cuBLASLt: the check covers both GEMM paths.
+# every batch size, except in cases with tiled=False (run_case sets the threshold per case); unpruned layers go
+# through cuBLASLt: the check covers both GEMM paths.
 os.environ["ET_SPARSE_MAX_DENSITY"] = "1.0"
 os.environ["ET_SPARSE_MAX_ROWS"] = "1000000000"
 

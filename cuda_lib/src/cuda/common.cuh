@@ -117,8 +117,9 @@ struct Stream {
   bool early_launch = false;
 };
 
-// First statement of every kernel launched through launch(): wait for the kernels before it on the
-// stream (a no-op unless it was launched early), then let the next early-launched kernel be scheduled.
+// Called by every kernel launched through launch() before it reads anything an earlier kernel of the forward
+// wrote (only weights and the batch's staged indices may be read before it): wait for the kernels before it on
+// the stream (a no-op unless it was launched early), then let the next early-launched kernel be scheduled.
 __device__ __forceinline__ void pdl_enter() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
