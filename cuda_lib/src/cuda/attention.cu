@@ -32,17 +32,27 @@ __device__ __forceinline__ HeadArgs read_head(const int32_t* slots, int h) {
 }
 
 // Copy rows [0, rows) of a head's columns [off, off + width) starting at packed row `first` into
-// shared memory; rows >= valid are zero-filled.
-template <typename T>
-__device__ __forceinline__ void load_rows(T* dst, int ld_s, const T* qkv, int qkv_ld, int first, int off, int width,
-                                          int rows, int valid, int tid, int nthreads) {
-  const int chunks = width / 8;
-  for (int c = tid; c < rows * chunks; c += nthreads) {
-    const int r = c / chunks, ch = c % chunks;
+// shared memory; rows >= valid are zero-filled. Each thread copies one fixed 16-byte column chunk
+// (tid % (D / 8)) of every (nthreads / (D / 8))-th row: no index division in the loop.
+template <typename T, int D>
+__device__ __forceinline__ void load_rows(T* dst, const T* qkv, int qkv_ld, int first, int off, int width, int rows,
+                                          int valid, int tid, int nthreads) {
+  constexpr int kChunks = D / 8;
+  const int ch = tid % kChunks;
+  if (ch * 8 >= width) return;
+  const int step = nthreads / kChunks;
+  const T* src = qkv + static_cast<size_t>(first) * qkv_ld + off + ch * 8;
+  for (int r = tid / kChunks; r < rows; r += step) {
     const bool ok = r < valid;
-    const T* src = ok ? qkv + static_cast<size_t>(first + r) * qkv_ld + off + ch * 8 : qkv;
-    cp_async16(dst + r * ld_s + ch * 8, src, ok);
+    cp_async16(dst + r * padded_ld<D>() + ch * 8, ok ? src + static_cast<size_t>(r) * qkv_ld : qkv, ok);
   }
+}
+
+// 2^x on the special-function unit (flush-to-zero: probabilities below 2^-126 become 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // One warp's 16 query rows: Q fragments, running max / sum and the output accumulator.
@@ -65,26 +75,40 @@ struct WarpAttention {
     lrow[0] = lrow[1] = 0.0f;
   }
 
-  // Attend to KB keys in shared memory (rows >= kvalid are padding: masked, zero-filled).
-  template <int KB>
+  // Attend to KB keys in shared memory. kMasked: rows >= kvalid are padding (masked, zero-filled); a full
+  // block (kvalid == KB) skips the per-score mask. A head with all D Q/K and V dimensions kept takes a
+  // branch-free copy of the loops; a pruned head stops at its kept widths.
+  template <int KB, bool kMasked>
   __device__ __forceinline__ void step(const T* sk, const T* sv, int kvalid, int dqk, int dv, float scale_log2,
                                        int lane) {
+    if (dqk == D && dv == D)
+      step_widths<KB, kMasked, true>(sk, sv, kvalid, D, D, scale_log2, lane);
+    else
+      step_widths<KB, kMasked, false>(sk, sv, kvalid, dqk, dv, scale_log2, lane);
+  }
+
+  // Scores stay unscaled until the exponent, where the scale and the running maximum meet in one
+  // multiply-add (mrow holds the raw maximum).
+  template <int KB, bool kMasked, bool kAllDims>
+  __device__ __forceinline__ void step_widths(const T* sk, const T* sv, int kvalid, int dqk, int dv,
+                                              float scale_log2, int lane) {
     constexpr int LD = padded_ld<D>();
     float s[KB / 8][4];
 #pragma unroll
-    for (int j = 0; j < KB / 8; ++j)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) s[j][q] = 0.0f;
-#pragma unroll
     for (int kp = 0; kp < KB / 16; ++kp) {
-      if (kp * 16 >= kvalid) break;
+      if (kMasked && kp * 16 >= kvalid) break;
 #pragma unroll
       for (int ks = 0; ks < D / 16; ++ks) {
-        if (ks * 16 >= dqk) break;
+        if (!kAllDims && ks * 16 >= dqk) break;
         uint32_t b[4];
         ldmatrix_x4(b, sk + (kp * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + ks * 16 + ((lane >> 3) & 1) * 8);
-        mma16816<T>(s[2 * kp], qf[ks], b[0], b[1]);
-        mma16816<T>(s[2 * kp + 1], qf[ks], b[2], b[3]);
+        if (ks == 0) {
+          mma16816_zero<T>(s[2 * kp], qf[ks], b[0], b[1]);
+          mma16816_zero<T>(s[2 * kp + 1], qf[ks], b[2], b[3]);
+        } else {
+          mma16816<T>(s[2 * kp], qf[ks], b[0], b[1]);
+          mma16816<T>(s[2 * kp + 1], qf[ks], b[2], b[3]);
+        }
       }
     }
     const int t = lane & 3;
@@ -93,29 +117,28 @@ struct WarpAttention {
     for (int j = 0; j < KB / 8; ++j)
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        const int key = j * 8 + 2 * t + (q & 1);
-        const float v = key < kvalid ? s[j][q] * scale_log2 : -INFINITY;
-        s[j][q] = v;
-        mx[q >> 1] = fmaxf(mx[q >> 1], v);
+        if (kMasked && j * 8 + 2 * t + (q & 1) >= kvalid) s[j][q] = -INFINITY;
+        mx[q >> 1] = fmaxf(mx[q >> 1], s[j][q]);
       }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
     }
-    float alpha[2];
+    float alpha[2], neg_m[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float mnew = fmaxf(mrow[r], mx[r]);  // finite: every block holds >= 1 valid key
-      alpha[r] = exp2f(mrow[r] - mnew);
+      alpha[r] = fast_exp2((mrow[r] - mnew) * scale_log2);
       mrow[r] = mnew;
+      neg_m[r] = -mnew * scale_log2;
       lrow[r] *= alpha[r];
     }
 #pragma unroll
     for (int j = 0; j < KB / 8; ++j)
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        const float p = exp2f(s[j][q] - mrow[q >> 1]);
+        const float p = fast_exp2(fmaf(s[j][q], scale_log2, neg_m[q >> 1]));
         s[j][q] = p;
         lrow[q >> 1] += p;
       }
@@ -128,7 +151,7 @@ struct WarpAttention {
     }
 #pragma unroll
     for (int kp = 0; kp < KB / 16; ++kp) {
-      if (kp * 16 >= kvalid) break;
+      if (kMasked && kp * 16 >= kvalid) break;
       uint32_t a[4];
       a[0] = Elem<T>::pack2(s[2 * kp][0], s[2 * kp][1]);
       a[1] = Elem<T>::pack2(s[2 * kp][2], s[2 * kp][3]);
@@ -136,7 +159,7 @@ struct WarpAttention {
       a[3] = Elem<T>::pack2(s[2 * kp + 1][2], s[2 * kp + 1][3]);
 #pragma unroll
       for (int dt = 0; dt < D / 16; ++dt) {
-        if (dt * 16 >= dv) break;
+        if (!kAllDims && dt * 16 >= dv) break;
         uint32_t b[4];
         ldmatrix_x4_trans(b, sv + (kp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dt * 16 + (lane >> 4) * 8);
         mma16816<T>(o[2 * dt], a, b[0], b[1]);
@@ -187,16 +210,16 @@ __global__ void attention_short_kernel(const T* __restrict__ qkv, int qkv_ld, T*
   pdl_enter();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int need = (len + 15) / 16 * 16;
-  load_rows(sq, LD, qkv, qkv_ld, first, h.q_off, h.dqk, need, len, tid, blockDim.x);
-  load_rows(sk, LD, qkv, qkv_ld, first, h.k_off, h.dqk, need, len, tid, blockDim.x);
-  load_rows(sv, LD, qkv, qkv_ld, first, h.v_off, h.dv, need, len, tid, blockDim.x);
+  load_rows<T, D>(sq, qkv, qkv_ld, first, h.q_off, h.dqk, need, len, tid, blockDim.x);
+  load_rows<T, D>(sk, qkv, qkv_ld, first, h.k_off, h.dqk, need, len, tid, blockDim.x);
+  load_rows<T, D>(sv, qkv, qkv_ld, first, h.v_off, h.dv, need, len, tid, blockDim.x);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
   if (warp * 16 >= len) return;
   WarpAttention<T, D> w;
   w.init(sq, warp * 16, h.dqk, lane);
-  w.template step<kShortKeys>(sk, sv, len, h.dqk, h.dv, scale_log2, lane);
+  w.template step<kShortKeys, true>(sk, sv, len, h.dqk, h.dv, scale_log2, lane);
   w.store(out, out_ld, first, warp * 16, len, h.out_off, h.dv, lane);
 }
 
@@ -217,12 +240,12 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
   const int q0 = blockIdx.x * kLongQ;
   if (q0 >= len) return;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  load_rows(sq, LD, qkv, qkv_ld, first + q0, h.q_off, h.dqk, kLongQ, len - q0, tid, 128);
+  load_rows<T, D>(sq, qkv, qkv_ld, first + q0, h.q_off, h.dqk, kLongQ, len - q0, tid, 128);
   const int nkb = (len + kLongK - 1) / kLongK;
   auto load_kv = [&](int kb, int buf) {
     const int k0 = kb * kLongK;
-    load_rows(sk + buf * kLongK * LD, LD, qkv, qkv_ld, first + k0, h.k_off, h.dqk, kLongK, len - k0, tid, 128);
-    load_rows(sv + buf * kLongK * LD, LD, qkv, qkv_ld, first + k0, h.v_off, h.dv, kLongK, len - k0, tid, 128);
+    load_rows<T, D>(sk + buf * kLongK * LD, qkv, qkv_ld, first + k0, h.k_off, h.dqk, kLongK, len - k0, tid, 128);
+    load_rows<T, D>(sv + buf * kLongK * LD, qkv, qkv_ld, first + k0, h.v_off, h.dv, kLongK, len - k0, tid, 128);
   };
   load_kv(0, 0);
   cp_async_commit();
@@ -233,9 +256,13 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
     cp_async_wait<1>();
     __syncthreads();
     if (kb == 0) w.init(sq, warp * 16, h.dqk, lane);
-    const int buf = kb & 1;
-    w.template step<kLongK>(sk + buf * kLongK * LD, sv + buf * kLongK * LD, min(kLongK, len - kb * kLongK), h.dqk,
-                            h.dv, scale_log2, lane);
+    const T* skb = sk + (kb & 1) * kLongK * LD;
+    const T* svb = sv + (kb & 1) * kLongK * LD;
+    const int kvalid = len - kb * kLongK;
+    if (kvalid >= kLongK)
+      w.template step<kLongK, false>(skb, svb, kLongK, h.dqk, h.dv, scale_log2, lane);
+    else
+      w.template step<kLongK, true>(skb, svb, kvalid, h.dqk, h.dv, scale_log2, lane);
     __syncthreads();
   }
   w.store(out, out_ld, first + q0, warp * 16, len - q0, h.out_off, h.dv, lane);
