@@ -13,7 +13,8 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   loads        dense b1/b32 in four more engine loads of the same model: the spread over the process's lifetime
   variants     dense/b1/ragged with the exact erf GELU pass (ET_EXACT_GELU=1), without programmatic dependent
                launch (ET_PDL=0), and with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0)
-  attention    (--attention) whole-sequence vs streaming operator by length (the ET_ATTN_SHORT_MAX switch)
+  attention    (--attention) whole-sequence vs streaming operator by length and on the ragged batch
+               (the ET_ATTN_SHORT_MAX switch)
 Each timing: 10 warm-up + median of 50 CUDA-event-timed runs, measured twice. Writes --json and
 prints a table last.
 
@@ -152,13 +153,18 @@ def main() -> int:
     with Engine(p.lib, dense, backend="cuda", precision="bf16") as eng:
         p.record("dense b32 s128 bf16", p.engine_ms(eng, b32), f32)
 
-    # attention operators: whole-sequence (short) vs streaming (long), by sequence length
+    # attention operators: whole-sequence (short) vs streaming (long), by sequence length and on the ragged batch
     for name, short_max in (("short", "128"), ("long", "0")) if args.attention else ():
         with env(ET_ATTN_SHORT_MAX=short_max), Engine(p.lib, dense, backend="cuda") as eng:
             for batch, seq in ((32, 16), (32, 32), (32, 64), (32, 96), (32, 128), (1, 64), (1, 128)):
                 lens = np.full(batch, seq, np.int32)
                 p.record(f"attention {name} b{batch} s{seq}", p.engine_ms(eng, lens),
                          bench.forward_flops(DIMS, lens, False))
+            ak = p.record(f"attention {name} ragged U[16,128] b32 packed", p.engine_ms(eng, ragged),
+                          bench.forward_flops(DIMS, ragged, False))
+            ad = p.record(f"attention {name} ragged U[16,128] b32 padded", p.engine_ms(eng, ragged, padded=True),
+                          bench.forward_flops(DIMS, ragged, True))
+            ak["padded_over_packed"] = ad["ms_median"] / ak["ms_median"]
 
     # tile sparsity: the sparse kernel vs cuBLASLt on the same pruned weights (batch 32, 8 and 1 x 128
     # tokens: the crossover depends on the rows), and vs our dense engine

@@ -249,23 +249,27 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
   };
   load_kv(0, 0);
   cp_async_commit();
+  // A warp whose 16 query rows all lie past the sequence's end only helps load K and V and keeps the barriers.
+  const bool computes = warp * 16 < len - q0;
   WarpAttention<T, D> w;
   for (int kb = 0; kb < nkb; ++kb) {
     if (kb + 1 < nkb) load_kv(kb + 1, (kb + 1) & 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    if (kb == 0) w.init(sq, warp * 16, h.dqk, lane);
-    const T* skb = sk + (kb & 1) * kLongK * LD;
-    const T* svb = sv + (kb & 1) * kLongK * LD;
-    const int kvalid = len - kb * kLongK;
-    if (kvalid >= kLongK)
-      w.template step<kLongK, false>(skb, svb, kLongK, h.dqk, h.dv, scale_log2, lane);
-    else
-      w.template step<kLongK, true>(skb, svb, kvalid, h.dqk, h.dv, scale_log2, lane);
+    if (computes) {
+      if (kb == 0) w.init(sq, warp * 16, h.dqk, lane);
+      const T* skb = sk + (kb & 1) * kLongK * LD;
+      const T* svb = sv + (kb & 1) * kLongK * LD;
+      const int kvalid = len - kb * kLongK;
+      if (kvalid >= kLongK)
+        w.template step<kLongK, false>(skb, svb, kLongK, h.dqk, h.dv, scale_log2, lane);
+      else
+        w.template step<kLongK, true>(skb, svb, kvalid, h.dqk, h.dv, scale_log2, lane);
+    }
     __syncthreads();
   }
-  w.store(out, out_ld, first + q0, warp * 16, len - q0, h.out_off, h.dv, lane);
+  if (computes) w.store(out, out_ld, first + q0, warp * 16, len - q0, h.out_off, h.dv, lane);
 }
 
 template <typename T, int D>
