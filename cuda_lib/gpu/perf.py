@@ -12,10 +12,9 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   untuned      the same dense/b1/ragged rows with cuBLASLt's first heuristic choice (ET_GEMM_TUNE=1)
   loads        dense b1/b32 in four more engine loads of the same model: the spread over the process's lifetime
   variants     dense/b1/ragged with the exact erf GELU pass (ET_EXACT_GELU=1), without programmatic dependent
-               launch (ET_PDL=0), with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0), and with
-               two query tiles per warp in the streaming attention operator (ET_ATTN_QTILES=2)
-  attention    (--attention) whole-sequence vs streaming operator (one or two query tiles a warp) by length
-               and on the ragged batch (the ET_ATTN_SHORT_MAX switch)
+               launch (ET_PDL=0), and with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0)
+  attention    (--attention) whole-sequence vs streaming operator by length and on the ragged batch
+               (the ET_ATTN_SHORT_MAX switch)
 Each timing: 10 warm-up + median of 50 CUDA-event-timed runs, measured twice. Writes --json and
 prints a table last.
 
@@ -135,11 +134,9 @@ def main() -> int:
                 spread[tag].append(p.record(f"dense {tag} s128 load {k}", p.engine_ms(eng, lens), fl)["ms_median"])
     p.results["load_spread"] = {tag: {"min": min(v), "max": max(v)} for tag, v in spread.items()}
     # the same rows with one engine choice switched: exact erf GELU pass instead of the fused tanh form,
-    # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush), two query
-    # tiles per warp in the streaming attention operator
+    # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush)
     for tag, knob in (("exact-erf GELU pass", {"ET_EXACT_GELU": "1"}), ("no early launch", {"ET_PDL": "0"}),
-                      ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"}),
-                      ("2 query tiles a warp", {"ET_ATTN_QTILES": "2"})):
+                      ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"})):
         with env(**knob), Engine(p.lib, dense, backend="cuda") as eng:
             p.record(f"dense b32 s128 {tag}", p.engine_ms(eng, b32), f32)
             p.record(f"dense b1 s128 {tag}", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
@@ -157,9 +154,8 @@ def main() -> int:
         p.record("dense b32 s128 bf16", p.engine_ms(eng, b32), f32)
 
     # attention operators: whole-sequence (short) vs streaming (long), by sequence length and on the ragged batch
-    operators = (("short", "128", "1"), ("long", "0", "1"), ("long 2 tiles", "0", "2"))
-    for name, short_max, tiles in operators if args.attention else ():
-        with env(ET_ATTN_SHORT_MAX=short_max, ET_ATTN_QTILES=tiles), Engine(p.lib, dense, backend="cuda") as eng:
+    for name, short_max in (("short", "128"), ("long", "0")) if args.attention else ():
+        with env(ET_ATTN_SHORT_MAX=short_max), Engine(p.lib, dense, backend="cuda") as eng:
             for batch, seq in ((32, 16), (32, 32), (32, 64), (32, 96), (32, 128), (1, 64), (1, 128)):
                 lens = np.full(batch, seq, np.int32)
                 p.record(f"attention {name} b{batch} s{seq}", p.engine_ms(eng, lens),

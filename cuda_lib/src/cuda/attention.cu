@@ -16,7 +16,7 @@ namespace et::cuda {
 namespace {
 
 constexpr int kShortKeys = 128;  // longest sequence of the short operator (registers: 64 scores/thread)
-constexpr int kLongWarps = 4;    // warps per block of the long operator; a block has 16 x NT x 4 queries
+constexpr int kLongQ = 64;       // queries per block of the long operator (4 warps)
 constexpr int kLongK = 64;       // keys per streamed block
 
 template <int D>
@@ -55,30 +55,24 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// One warp's NT tiles of 16 query rows (rows row0 + 16n + [0, 16)): Q fragments, running max / sum and the
-// output accumulators. The tiles share every K and V fragment a warp loads, and their independent mma and
-// softmax chains interleave.
-template <typename T, int D, int NT>
+// One warp's 16 query rows: Q fragments, running max / sum and the output accumulator.
+template <typename T, int D>
 struct WarpAttention {
-  uint32_t qf[NT][D / 16][4];
-  float o[NT][D / 8][4];
-  float mrow[NT][2];
-  float lrow[NT][2];
+  uint32_t qf[D / 16][4];
+  float o[D / 8][4];
+  float mrow[2];
+  float lrow[2];
 
   __device__ __forceinline__ void init(const T* sq, int row0, int dqk, int lane) {
 #pragma unroll
-    for (int n = 0; n < NT; ++n) {
+    for (int ks = 0; ks < D / 16; ++ks)
+      if (ks * 16 < dqk) ldmatrix_x4(qf[ks], sq + (row0 + (lane & 15)) * padded_ld<D>() + ks * 16 + (lane >> 4) * 8);
 #pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks)
-        if (ks * 16 < dqk)
-          ldmatrix_x4(qf[n][ks], sq + (row0 + n * 16 + (lane & 15)) * padded_ld<D>() + ks * 16 + (lane >> 4) * 8);
+    for (int i = 0; i < D / 8; ++i)
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) o[n][i][q] = 0.0f;
-      mrow[n][0] = mrow[n][1] = -INFINITY;
-      lrow[n][0] = lrow[n][1] = 0.0f;
-    }
+      for (int q = 0; q < 4; ++q) o[i][q] = 0.0f;
+    mrow[0] = mrow[1] = -INFINITY;
+    lrow[0] = lrow[1] = 0.0f;
   }
 
   // Attend to KB keys in shared memory. kMasked: rows >= kvalid are padding (masked, zero-filled); a full
@@ -99,7 +93,7 @@ struct WarpAttention {
   __device__ __forceinline__ void step_widths(const T* sk, const T* sv, int kvalid, int dqk, int dv,
                                               float scale_log2, int lane) {
     constexpr int LD = padded_ld<D>();
-    float s[NT][KB / 8][4];
+    float s[KB / 8][4];
 #pragma unroll
     for (int kp = 0; kp < KB / 16; ++kp) {
       if (kMasked && kp * 16 >= kvalid) break;
@@ -108,108 +102,92 @@ struct WarpAttention {
         if (!kAllDims && ks * 16 >= dqk) break;
         uint32_t b[4];
         ldmatrix_x4(b, sk + (kp * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + ks * 16 + ((lane >> 3) & 1) * 8);
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-          if (ks == 0) {
-            mma16816_zero<T>(s[n][2 * kp], qf[n][ks], b[0], b[1]);
-            mma16816_zero<T>(s[n][2 * kp + 1], qf[n][ks], b[2], b[3]);
-          } else {
-            mma16816<T>(s[n][2 * kp], qf[n][ks], b[0], b[1]);
-            mma16816<T>(s[n][2 * kp + 1], qf[n][ks], b[2], b[3]);
-          }
+        if (ks == 0) {
+          mma16816_zero<T>(s[2 * kp], qf[ks], b[0], b[1]);
+          mma16816_zero<T>(s[2 * kp + 1], qf[ks], b[2], b[3]);
+        } else {
+          mma16816<T>(s[2 * kp], qf[ks], b[0], b[1]);
+          mma16816<T>(s[2 * kp + 1], qf[ks], b[2], b[3]);
         }
       }
     }
     const int t = lane & 3;
+    float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      float mx[2] = {-INFINITY, -INFINITY};
+    for (int j = 0; j < KB / 8; ++j)
 #pragma unroll
-      for (int j = 0; j < KB / 8; ++j)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          if (kMasked && j * 8 + 2 * t + (q & 1) >= kvalid) s[n][j][q] = -INFINITY;
-          mx[q >> 1] = fmaxf(mx[q >> 1], s[n][j][q]);
-        }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      }
-      float alpha[2], neg_m[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const float mnew = fmaxf(mrow[n][r], mx[r]);  // finite: every block holds >= 1 valid key
-        alpha[r] = fast_exp2((mrow[n][r] - mnew) * scale_log2);
-        mrow[n][r] = mnew;
-        neg_m[r] = -mnew * scale_log2;
-        lrow[n][r] *= alpha[r];
+      for (int q = 0; q < 4; ++q) {
+        if (kMasked && j * 8 + 2 * t + (q & 1) >= kvalid) s[j][q] = -INFINITY;
+        mx[q >> 1] = fmaxf(mx[q >> 1], s[j][q]);
       }
 #pragma unroll
-      for (int j = 0; j < KB / 8; ++j)
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    }
+    float alpha[2], neg_m[2];
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float pr = fast_exp2(fmaf(s[n][j][q], scale_log2, neg_m[q >> 1]));
-          s[n][j][q] = pr;
-          lrow[n][q >> 1] += pr;
-        }
+    for (int r = 0; r < 2; ++r) {
+      const float mnew = fmaxf(mrow[r], mx[r]);  // finite: every block holds >= 1 valid key
+      alpha[r] = fast_exp2((mrow[r] - mnew) * scale_log2);
+      mrow[r] = mnew;
+      neg_m[r] = -mnew * scale_log2;
+      lrow[r] *= alpha[r];
+    }
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        o[n][i][0] *= alpha[0];
-        o[n][i][1] *= alpha[0];
-        o[n][i][2] *= alpha[1];
-        o[n][i][3] *= alpha[1];
+    for (int j = 0; j < KB / 8; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float p = fast_exp2(fmaf(s[j][q], scale_log2, neg_m[q >> 1]));
+        s[j][q] = p;
+        lrow[q >> 1] += p;
       }
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
     }
 #pragma unroll
     for (int kp = 0; kp < KB / 16; ++kp) {
       if (kMasked && kp * 16 >= kvalid) break;
-      uint32_t a[NT][4];
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        a[n][0] = Elem<T>::pack2(s[n][2 * kp][0], s[n][2 * kp][1]);
-        a[n][1] = Elem<T>::pack2(s[n][2 * kp][2], s[n][2 * kp][3]);
-        a[n][2] = Elem<T>::pack2(s[n][2 * kp + 1][0], s[n][2 * kp + 1][1]);
-        a[n][3] = Elem<T>::pack2(s[n][2 * kp + 1][2], s[n][2 * kp + 1][3]);
-      }
+      uint32_t a[4];
+      a[0] = Elem<T>::pack2(s[2 * kp][0], s[2 * kp][1]);
+      a[1] = Elem<T>::pack2(s[2 * kp][2], s[2 * kp][3]);
+      a[2] = Elem<T>::pack2(s[2 * kp + 1][0], s[2 * kp + 1][1]);
+      a[3] = Elem<T>::pack2(s[2 * kp + 1][2], s[2 * kp + 1][3]);
 #pragma unroll
       for (int dt = 0; dt < D / 16; ++dt) {
         if (!kAllDims && dt * 16 >= dv) break;
         uint32_t b[4];
         ldmatrix_x4_trans(b, sv + (kp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dt * 16 + (lane >> 4) * 8);
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-          mma16816<T>(o[n][2 * dt], a[n], b[0], b[1]);
-          mma16816<T>(o[n][2 * dt + 1], a[n], b[2], b[3]);
-        }
+        mma16816<T>(o[2 * dt], a, b[0], b[1]);
+        mma16816<T>(o[2 * dt + 1], a, b[2], b[3]);
       }
     }
   }
 
-  // Normalise and store rows row0 + 16n + {g, g+8} (those < valid) of the head's output columns.
+  // Normalise and store rows row0 + {g, g+8} (those < valid) of the head's output columns.
   __device__ __forceinline__ void store(T* out, int out_ld, int first, int row0, int valid, int out_off, int dv,
                                         int lane) {
+    float l[2] = {lrow[0], lrow[1]};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+      l[r] = 1.0f / l[r];
+    }
     const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      float l[2] = {lrow[n][0], lrow[n][1]};
+    for (int hh = 0; hh < 2; ++hh) {
+      const int row = row0 + g + hh * 8;
+      if (row >= valid) continue;
+      T* dst = out + static_cast<size_t>(first + row) * out_ld + out_off + 2 * t;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-        l[r] = 1.0f / l[r];
-      }
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int row = row0 + n * 16 + g + hh * 8;
-        if (row >= valid) continue;
-        T* dst = out + static_cast<size_t>(first + row) * out_ld + out_off + 2 * t;
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i) {
-          if (i * 8 >= dv) break;
-          *reinterpret_cast<uint32_t*>(dst + i * 8) =
-              Elem<T>::pack2(o[n][i][hh * 2] * l[hh], o[n][i][hh * 2 + 1] * l[hh]);
-        }
+      for (int i = 0; i < D / 8; ++i) {
+        if (i * 8 >= dv) break;
+        *reinterpret_cast<uint32_t*>(dst + i * 8) = Elem<T>::pack2(o[i][hh * 2] * l[hh], o[i][hh * 2 + 1] * l[hh]);
       }
     }
   }
@@ -239,18 +217,18 @@ __global__ void attention_short_kernel(const T* __restrict__ qkv, int qkv_ld, T*
   cp_async_wait<0>();
   __syncthreads();
   if (warp * 16 >= len) return;
-  WarpAttention<T, D, 1> w;
+  WarpAttention<T, D> w;
   w.init(sq, warp * 16, h.dqk, lane);
   w.template step<kShortKeys, true>(sk, sv, len, h.dqk, h.dv, scale_log2, lane);
   w.store(out, out_ld, first, warp * 16, len, h.out_off, h.dv, lane);
 }
 
-template <typename T, int D, int NT>
-__global__ void __launch_bounds__(kLongWarps * 32) attention_long_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out,
+template <typename T, int D>
+__global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out,
                                                              int out_ld, const int32_t* __restrict__ slots,
                                                              const int32_t* __restrict__ seq_start,
                                                              const int32_t* __restrict__ seq_len, float scale_log2) {
-  constexpr int LD = padded_ld<D>(), kLongQ = kLongWarps * 16 * NT;
+  constexpr int LD = padded_ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);
   T* sk = sq + kLongQ * LD;       // [2][kLongK][LD]
@@ -262,28 +240,25 @@ __global__ void __launch_bounds__(kLongWarps * 32) attention_long_kernel(const T
   const int q0 = blockIdx.x * kLongQ;
   if (q0 >= len) return;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  load_rows<T, D>(sq, qkv, qkv_ld, first + q0, h.q_off, h.dqk, kLongQ, len - q0, tid, kLongWarps * 32);
+  load_rows<T, D>(sq, qkv, qkv_ld, first + q0, h.q_off, h.dqk, kLongQ, len - q0, tid, 128);
   const int nkb = (len + kLongK - 1) / kLongK;
   auto load_kv = [&](int kb, int buf) {
     const int k0 = kb * kLongK;
-    load_rows<T, D>(sk + buf * kLongK * LD, qkv, qkv_ld, first + k0, h.k_off, h.dqk, kLongK, len - k0, tid,
-                    kLongWarps * 32);
-    load_rows<T, D>(sv + buf * kLongK * LD, qkv, qkv_ld, first + k0, h.v_off, h.dv, kLongK, len - k0, tid,
-                    kLongWarps * 32);
+    load_rows<T, D>(sk + buf * kLongK * LD, qkv, qkv_ld, first + k0, h.k_off, h.dqk, kLongK, len - k0, tid, 128);
+    load_rows<T, D>(sv + buf * kLongK * LD, qkv, qkv_ld, first + k0, h.v_off, h.dv, kLongK, len - k0, tid, 128);
   };
   load_kv(0, 0);
   cp_async_commit();
-  // A warp whose query rows all lie past the sequence's end only helps load K and V and keeps the barriers.
-  const int row0 = warp * 16 * NT;
-  const bool computes = row0 < len - q0;
-  WarpAttention<T, D, NT> w;
+  // A warp whose 16 query rows all lie past the sequence's end only helps load K and V and keeps the barriers.
+  const bool computes = warp * 16 < len - q0;
+  WarpAttention<T, D> w;
   for (int kb = 0; kb < nkb; ++kb) {
     if (kb + 1 < nkb) load_kv(kb + 1, (kb + 1) & 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
     if (computes) {
-      if (kb == 0) w.init(sq, row0, h.dqk, lane);
+      if (kb == 0) w.init(sq, warp * 16, h.dqk, lane);
       const T* skb = sk + (kb & 1) * kLongK * LD;
       const T* svb = sv + (kb & 1) * kLongK * LD;
       const int kvalid = len - kb * kLongK;
@@ -294,38 +269,36 @@ __global__ void __launch_bounds__(kLongWarps * 32) attention_long_kernel(const T
     }
     __syncthreads();
   }
-  if (computes) w.store(out, out_ld, first + q0, row0, len - q0, h.out_off, h.dv, lane);
-}
-
-template <typename T, int D, int NT>
-void launch_long(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
-                 const int32_t* seq_len, int batch, int max_len, float scale_log2, const Stream& stream) {
-  constexpr int kLongQ = kLongWarps * 16 * NT;
-  const size_t smem = static_cast<size_t>(kLongQ + 4 * kLongK) * padded_ld<D>() * sizeof(T);
-  auto kernel = attention_long_kernel<T, D, NT>;
-  static const bool attr_set =
-      (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-             "cudaFuncSetAttribute(attention_long)"),
-       true);
-  (void)attr_set;
-  launch("attention_long", kernel, dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), dim3(kLongWarps * 32),
-         smem, stream, qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
+  if (computes) w.store(out, out_ld, first + q0, warp * 16, len - q0, h.out_off, h.dv, lane);
 }
 
 template <typename T, int D>
-void launch_short(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
-                  const int32_t* seq_len, int batch, int max_len, float scale_log2, const Stream& stream) {
+void launch_attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
+                      const int32_t* seq_len, int batch, int max_len, float scale_log2, bool use_short,
+                      const Stream& stream) {
   constexpr int LD = padded_ld<D>();
-  const int rows = (max_len + 15) / 16 * 16;
-  const size_t smem = static_cast<size_t>(3) * rows * LD * sizeof(T);
-  auto kernel = attention_short_kernel<T, D>;
-  static const bool attr_set = (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                           3 * kShortKeys * LD * static_cast<int>(sizeof(T))),
-                                      "cudaFuncSetAttribute(attention_short)"),
-                                true);
-  (void)attr_set;
-  launch("attention_short", kernel, dim3(heads.count, batch), dim3(rows / 16 * 32), smem, stream, qkv, qkv_ld, out,
-         out_ld, heads.slots, seq_start, seq_len, rows, scale_log2);
+  if (use_short) {
+    const int rows = (max_len + 15) / 16 * 16;
+    const size_t smem = static_cast<size_t>(3) * rows * LD * sizeof(T);
+    auto kernel = attention_short_kernel<T, D>;
+    static const bool attr_set = (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                             3 * kShortKeys * LD * static_cast<int>(sizeof(T))),
+                                        "cudaFuncSetAttribute(attention_short)"),
+                                  true);
+    (void)attr_set;
+    launch("attention_short", kernel, dim3(heads.count, batch), dim3(rows / 16 * 32), smem, stream, qkv, qkv_ld, out,
+           out_ld, heads.slots, seq_start, seq_len, rows, scale_log2);
+  } else {
+    const size_t smem = static_cast<size_t>(kLongQ + 4 * kLongK) * LD * sizeof(T);
+    auto kernel = attention_long_kernel<T, D>;
+    static const bool attr_set =
+        (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+               "cudaFuncSetAttribute(attention_long)"),
+         true);
+    (void)attr_set;
+    launch("attention_long", kernel, dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), dim3(128), smem,
+           stream, qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
+  }
 }
 
 }  // namespace
@@ -333,21 +306,20 @@ void launch_short(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHead
 template <typename T>
 void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, int max_dqk, int max_dv,
                const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
-               int short_max, int query_tiles, const Stream& stream) {
+               int short_max, const Stream& stream) {
   const float scale_log2 = scale * 1.4426950408889634f;
-  if (std::max(max_dqk, max_dv) > 64)  // wide heads: the streaming operator, one query tile a warp (registers)
-    launch_long<T, 128, 1>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
-  else if (max_len <= std::min(short_max, kShortKeys))
-    launch_short<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
-  else if (query_tiles == 2)
-    launch_long<T, 64, 2>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
+  const bool use_short = max_len <= std::min(short_max, kShortKeys);
+  if (std::max(max_dqk, max_dv) <= 64)
+    launch_attention<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2,
+                            use_short, stream);
   else
-    launch_long<T, 64, 1>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
+    launch_attention<T, 128>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2,
+                             false, stream);
 }
 
 template void attention<__half>(const __half*, int, __half*, int, const DeviceHeads&, int, int, const int32_t*,
-                                const int32_t*, int, int, float, int, int, const Stream&);
+                                const int32_t*, int, int, float, int, const Stream&);
 template void attention<__nv_bfloat16>(const __nv_bfloat16*, int, __nv_bfloat16*, int, const DeviceHeads&, int, int,
-                                       const int32_t*, const int32_t*, int, int, float, int, int, const Stream&);
+                                       const int32_t*, const int32_t*, int, int, float, int, const Stream&);
 
 }  // namespace et::cuda

@@ -6,7 +6,6 @@
 //   ET_SPARSE_MAX_DENSITY  a weight is stored tiled and run tile-sparse when its 16x16 tile density is below this
 //   ET_SPARSE_MAX_ROWS     ... and the batch has at most this many token rows (larger: cuBLASLt)
 //   ET_ATTN_SHORT_MAX      longest batch sequence that uses the whole-sequence attention operator
-//   ET_ATTN_QTILES         query tiles of 16 per warp in the streaming attention operator (1 or 2)
 //   ET_POISON_WORKSPACE=1  fill the workspace with NaNs before each forward (tests catch unwritten data)
 //   ET_EXACT_GELU=1        FFN1's GELU in the exact erf form (a separate pass after cuBLASLt) instead of the tanh
 //                          form that cuBLASLt's epilogue fuses (the default)
@@ -43,7 +42,6 @@ namespace {
 constexpr double kDefaultSparseMaxDensity = 0.16;
 constexpr int64_t kDefaultSparseMaxRows = 128;
 constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
-constexpr int kDefaultQueryTiles = 1;               // NOTES.md, session 5
 constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)
 constexpr size_t kMaxGraphs = 16;
 
@@ -200,8 +198,6 @@ class CudaEngine final : public Backend {
     sparse_dev_ = SparseDevice{prop.multiProcessorCount, static_cast<int>(prop.sharedMemPerBlockOptin)};
     early_launch_ = prop.major >= 9 && env_number("ET_PDL", 1) != 0;
     short_max_ = static_cast<int>(env_number("ET_ATTN_SHORT_MAX", kDefaultShortMax));
-    query_tiles_ = static_cast<int>(env_number("ET_ATTN_QTILES", kDefaultQueryTiles));
-    if (query_tiles_ != 1 && query_tiles_ != 2) throw Error(ET_ERR_INVALID_ARGUMENT, "ET_ATTN_QTILES must be 1 or 2");
     poison_ = env_number("ET_POISON_WORKSPACE", 0) != 0;
     sparse_bm_ = static_cast<int>(env_number("ET_SPARSE_BM", 0));
     if (sparse_bm_ != 0 && sparse_bm_ != 32 && sparse_bm_ != 64 && sparse_bm_ != 128)
@@ -389,7 +385,7 @@ class CudaEngine final : public Backend {
       linear(L.qkv, x, s.rows, nullptr, qkv, Epilogue::kBias);
       attention<T>(qkv, L.qkv.n, att, L.o.k, DeviceHeads{L.n_heads, L.heads.template as<int32_t>()},
                    prepared_.max_dqk, prepared_.max_dv, start, len, s.batch, s.max_len, prepared_.attn_scale,
-                   short_max_, query_tiles_, layer_stream());
+                   short_max_, layer_stream());
       linear(L.o, att, s.rows, x, tmp, Epilogue::kBiasResidual);
       layernorm<T>(tmp, s.rows, H, L.ln1g.template as<T>(), L.ln1b.template as<T>(), c.layer_norm_eps, x2,
                    layer_stream());
@@ -454,7 +450,6 @@ class CudaEngine final : public Backend {
   std::string name_;
   SparseDevice sparse_dev_;
   int short_max_ = kDefaultShortMax;
-  int query_tiles_ = kDefaultQueryTiles;
   bool poison_ = false;
   int sparse_bm_ = 0;  // 0: chosen per batch
   bool early_launch_ = false;

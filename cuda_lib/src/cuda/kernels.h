@@ -40,12 +40,11 @@ struct DeviceHeads {
 // Fused attention over a ragged batch. qkv: [rows, qkv_ld]; out: [rows, out_ld].
 // seq_start/seq_len: [batch] rows of each sequence (packed or padded layout).
 // short_max: sequences of max_len <= short_max use the whole-sequence operator, longer ones the
-// streaming (online-softmax) operator, whose warps take query_tiles (1 or 2) tiles of 16 queries each
-// (heads wider than 64 dimensions: always 1).
+// streaming (online-softmax) operator.
 template <typename T>
 void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, int max_dqk, int max_dv,
                const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
-               int short_max, int query_tiles, const Stream& s);
+               int short_max, const Stream& s);
 
 // x[rows, h] = LayerNorm(word[tok] + pos[pos_id] + type[seg]).
 template <typename T>
