@@ -33,7 +33,8 @@ __device__ __forceinline__ HeadArgs read_head(const int32_t* slots, int h) {
 
 // Copy rows [0, rows) of a head's columns [off, off + width) starting at packed row `first` into
 // shared memory; rows >= valid are zero-filled. Each thread copies one fixed 16-byte column chunk
-// (tid % (D / 8)) of every (nthreads / (D / 8))-th row: no index division in the loop.
+// (tid % (D / 8)) of every (nthreads / (D / 8))-th row: no index division in the loop. nthreads is a
+// multiple of 32, hence of D / 8 (8 or 16 chunks).
 template <typename T, int D>
 __device__ __forceinline__ void load_rows(T* dst, const T* qkv, int qkv_ld, int first, int off, int width, int rows,
                                           int valid, int tid, int nthreads) {
