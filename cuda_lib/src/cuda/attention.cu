@@ -274,32 +274,33 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
 }
 
 template <typename T, int D>
-void launch_attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
-                      const int32_t* seq_len, int batch, int max_len, float scale_log2, bool use_short,
-                      const Stream& stream) {
+void launch_long(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
+                 const int32_t* seq_len, int batch, int max_len, float scale_log2, const Stream& stream) {
+  const size_t smem = static_cast<size_t>(kLongQ + 4 * kLongK) * padded_ld<D>() * sizeof(T);
+  auto kernel = attention_long_kernel<T, D>;
+  static const bool attr_set =
+      (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+             "cudaFuncSetAttribute(attention_long)"),
+       true);
+  (void)attr_set;
+  launch("attention_long", kernel, dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), dim3(128), smem,
+         stream, qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
+}
+
+template <typename T, int D>
+void launch_short(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
+                  const int32_t* seq_len, int batch, int max_len, float scale_log2, const Stream& stream) {
   constexpr int LD = padded_ld<D>();
-  if (use_short) {
-    const int rows = (max_len + 15) / 16 * 16;
-    const size_t smem = static_cast<size_t>(3) * rows * LD * sizeof(T);
-    auto kernel = attention_short_kernel<T, D>;
-    static const bool attr_set = (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                             3 * kShortKeys * LD * static_cast<int>(sizeof(T))),
-                                        "cudaFuncSetAttribute(attention_short)"),
-                                  true);
-    (void)attr_set;
-    launch("attention_short", kernel, dim3(heads.count, batch), dim3(rows / 16 * 32), smem, stream, qkv, qkv_ld, out,
-           out_ld, heads.slots, seq_start, seq_len, rows, scale_log2);
-  } else {
-    const size_t smem = static_cast<size_t>(kLongQ + 4 * kLongK) * LD * sizeof(T);
-    auto kernel = attention_long_kernel<T, D>;
-    static const bool attr_set =
-        (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-               "cudaFuncSetAttribute(attention_long)"),
-         true);
-    (void)attr_set;
-    launch("attention_long", kernel, dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), dim3(128), smem,
-           stream, qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
-  }
+  const int rows = (max_len + 15) / 16 * 16;
+  const size_t smem = static_cast<size_t>(3) * rows * LD * sizeof(T);
+  auto kernel = attention_short_kernel<T, D>;
+  static const bool attr_set = (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                           3 * kShortKeys * LD * static_cast<int>(sizeof(T))),
+                                      "cudaFuncSetAttribute(attention_short)"),
+                                true);
+  (void)attr_set;
+  launch("attention_short", kernel, dim3(heads.count, batch), dim3(rows / 16 * 32), smem, stream, qkv, qkv_ld, out,
+         out_ld, heads.slots, seq_start, seq_len, rows, scale_log2);
 }
 
 }  // namespace
@@ -309,13 +310,12 @@ void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& 
                const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
                int short_max, const Stream& stream) {
   const float scale_log2 = scale * 1.4426950408889634f;
-  const bool use_short = max_len <= std::min(short_max, kShortKeys);
-  if (std::max(max_dqk, max_dv) <= 64)
-    launch_attention<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2,
-                            use_short, stream);
+  if (std::max(max_dqk, max_dv) > 64)  // wide heads always stream (the whole-sequence operator is built for 64)
+    launch_long<T, 128>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
+  else if (max_len <= std::min(short_max, kShortKeys))
+    launch_short<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
   else
-    launch_attention<T, 128>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2,
-                             false, stream);
+    launch_long<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
 }
 
 template void attention<__half>(const __half*, int, __half*, int, const DeviceHeads&, int, int, const int32_t*,
