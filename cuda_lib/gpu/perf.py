@@ -81,6 +81,15 @@ class Perf:
                                                        iters=self.iters, graph=graph), dtype=np.float64)
                               for _ in range(2)])
 
+    def ragged_pair(self, eng: Engine, lengths: np.ndarray, prefix: str = "", suffix: str = "") -> dict:
+        """Time ``lengths`` packed and padded; the packed row, with its padded/packed ratio added."""
+        packed = self.record(f"{prefix}ragged U[16,128] b32 packed{suffix}", self.engine_ms(eng, lengths),
+                             bench.forward_flops(DIMS, lengths, False))
+        padded = self.record(f"{prefix}ragged U[16,128] b32 padded{suffix}",
+                             self.engine_ms(eng, lengths, padded=True), bench.forward_flops(DIMS, lengths, True))
+        packed["padded_over_packed"] = padded["ms_median"] / packed["ms_median"]
+        return packed
+
     def export(self, model, density: float, tag: str) -> Path:
         pruned = random_bert.make_model(SHAPE, seed=11) if density < 1.0 else model
         masks = random_bert.random_pruning(pruned, density, seed=int(density * 1000))
@@ -117,10 +126,7 @@ def main() -> int:
         p.record("dense b32 s128 (no graph)", p.engine_ms(eng, b32, graph=False), f32)
         p.record("dense b1 s128 (graph)", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
         p.record("dense b1 s128 (no graph)", p.engine_ms(eng, b1, graph=False), bench.forward_flops(DIMS, b1, False))
-        pk = p.record("ragged U[16,128] b32 packed", p.engine_ms(eng, ragged), bench.forward_flops(DIMS, ragged, False))
-        pd = p.record("ragged U[16,128] b32 padded", p.engine_ms(eng, ragged, padded=True),
-                      bench.forward_flops(DIMS, ragged, True))
-        p.results["ragged_speedup"] = {"padded_over_packed": pd["ms_median"] / pk["ms_median"]}
+        p.results["ragged_speedup"] = {"padded_over_packed": p.ragged_pair(eng, ragged)["padded_over_packed"]}
         for seq in (64, 256, 512):
             lens = np.full(32 if seq < 512 else 8, seq, np.int32)
             p.record(f"dense b{lens.size} s{seq} (graph)", p.engine_ms(eng, lens), bench.forward_flops(DIMS, lens, False))
@@ -140,11 +146,7 @@ def main() -> int:
         with env(**knob), Engine(p.lib, dense, backend="cuda") as eng:
             p.record(f"dense b32 s128 {tag}", p.engine_ms(eng, b32), f32)
             p.record(f"dense b1 s128 {tag}", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
-            kp = p.record(f"ragged U[16,128] b32 packed {tag}", p.engine_ms(eng, ragged),
-                          bench.forward_flops(DIMS, ragged, False))
-            kd = p.record(f"ragged U[16,128] b32 padded {tag}", p.engine_ms(eng, ragged, padded=True),
-                          bench.forward_flops(DIMS, ragged, True))
-            kp["padded_over_packed"] = kd["ms_median"] / kp["ms_median"]
+            p.ragged_pair(eng, ragged, suffix=f" {tag}")
     with env(ET_GEMM_TUNE="1"), Engine(p.lib, dense, backend="cuda") as eng:  # cuBLASLt heuristic's first choice
         p.record("dense b32 s128 untuned cuBLASLt", p.engine_ms(eng, b32), f32)
         p.record("dense b1 s128 untuned cuBLASLt", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
@@ -160,11 +162,7 @@ def main() -> int:
                 lens = np.full(batch, seq, np.int32)
                 p.record(f"attention {name} b{batch} s{seq}", p.engine_ms(eng, lens),
                          bench.forward_flops(DIMS, lens, False))
-            ak = p.record(f"attention {name} ragged U[16,128] b32 packed", p.engine_ms(eng, ragged),
-                          bench.forward_flops(DIMS, ragged, False))
-            ad = p.record(f"attention {name} ragged U[16,128] b32 padded", p.engine_ms(eng, ragged, padded=True),
-                          bench.forward_flops(DIMS, ragged, True))
-            ak["padded_over_packed"] = ad["ms_median"] / ak["ms_median"]
+            p.ragged_pair(eng, ragged, prefix=f"attention {name} ")
 
     # tile sparsity: the sparse kernel vs cuBLASLt on the same pruned weights (batch 32, 8 and 1 x 128
     # tokens: the crossover depends on the rows), and vs our dense engine
