@@ -12,8 +12,7 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   untuned      the same dense/b1/ragged rows with cuBLASLt's first heuristic choice (ET_GEMM_TUNE=1)
   loads        dense b1/b32 in four more engine loads of the same model: the spread over the process's lifetime
   variants     dense/b1/ragged with the exact erf GELU pass (ET_EXACT_GELU=1), without programmatic dependent
-               launch (ET_PDL=0), with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0), and
-               without the GEMM weights' L2 prefetch (ET_L2_PREFETCH_MAX_ROWS=0)
+               launch (ET_PDL=0), and with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0)
   attention    (--attention) whole-sequence vs streaming operator by length and on the ragged batch
                (the ET_ATTN_SHORT_MAX switch)
 Each timing: 10 warm-up + median of 50 CUDA-event-timed runs, measured twice. Writes --json and
@@ -141,11 +140,9 @@ def main() -> int:
                 spread[tag].append(p.record(f"dense {tag} s128 load {k}", p.engine_ms(eng, lens), fl)["ms_median"])
     p.results["load_spread"] = {tag: {"min": min(v), "max": max(v)} for tag, v in spread.items()}
     # the same rows with one engine choice switched: exact erf GELU pass instead of the fused tanh form,
-    # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush),
-    # no L2 prefetch of the GEMM weights
+    # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush)
     for tag, knob in (("exact-erf GELU pass", {"ET_EXACT_GELU": "1"}), ("no early launch", {"ET_PDL": "0"}),
-                      ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"}),
-                      ("no L2 weight prefetch", {"ET_L2_PREFETCH_MAX_ROWS": "0"})):
+                      ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"})):
         with env(**knob), Engine(p.lib, dense, backend="cuda") as eng:
             p.record(f"dense b32 s128 {tag}", p.engine_ms(eng, b32), f32)
             p.record(f"dense b1 s128 {tag}", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))

@@ -197,8 +197,7 @@ struct WarpAttention {
 template <typename T, int D>
 __global__ void attention_short_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out, int out_ld,
                                        const int32_t* __restrict__ slots, const int32_t* __restrict__ seq_start,
-                                       const int32_t* __restrict__ seq_len, int rows, float scale_log2,
-                                       L2Prefetch prefetch) {
+                                       const int32_t* __restrict__ seq_len, int rows, float scale_log2) {
   constexpr int LD = padded_ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);
@@ -209,7 +208,6 @@ __global__ void attention_short_kernel(const T* __restrict__ qkv, int qkv_ld, T*
   const HeadArgs h = read_head(slots, blockIdx.x);
   const int b = blockIdx.y;
   const int first = seq_start[b], len = seq_len[b];
-  l2_prefetch(prefetch);
   pdl_enter();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int need = (len + 15) / 16 * 16;
@@ -230,8 +228,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict__ qkv, int qkv_ld, T* __restrict__ out,
                                                              int out_ld, const int32_t* __restrict__ slots,
                                                              const int32_t* __restrict__ seq_start,
-                                                             const int32_t* __restrict__ seq_len, float scale_log2,
-                                                             L2Prefetch prefetch) {
+                                                             const int32_t* __restrict__ seq_len, float scale_log2) {
   constexpr int LD = padded_ld<D>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);
@@ -240,7 +237,6 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
   const HeadArgs h = read_head(slots, blockIdx.y);  // read before pdl_enter, as in the short operator
   const int b = blockIdx.z;
   const int first = seq_start[b], len = seq_len[b];
-  l2_prefetch(prefetch);
   pdl_enter();
   const int q0 = blockIdx.x * kLongQ;
   if (q0 >= len) return;
@@ -279,8 +275,7 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
 
 template <typename T, int D>
 void launch_long(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
-                 const int32_t* seq_len, int batch, int max_len, float scale_log2, const L2Prefetch& prefetch,
-                 const Stream& stream) {
+                 const int32_t* seq_len, int batch, int max_len, float scale_log2, const Stream& stream) {
   const size_t smem = static_cast<size_t>(kLongQ + 4 * kLongK) * padded_ld<D>() * sizeof(T);
   auto kernel = attention_long_kernel<T, D>;
   static const bool attr_set =
@@ -289,13 +284,12 @@ void launch_long(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads
        true);
   (void)attr_set;
   launch("attention_long", kernel, dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), dim3(128), smem,
-         stream, qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2, prefetch);
+         stream, qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
 }
 
 template <typename T, int D>
 void launch_short(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
-                  const int32_t* seq_len, int batch, int max_len, float scale_log2, const L2Prefetch& prefetch,
-                  const Stream& stream) {
+                  const int32_t* seq_len, int batch, int max_len, float scale_log2, const Stream& stream) {
   constexpr int LD = padded_ld<D>();
   const int rows = (max_len + 15) / 16 * 16;
   const size_t smem = static_cast<size_t>(3) * rows * LD * sizeof(T);
@@ -306,7 +300,7 @@ void launch_short(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHead
                                 true);
   (void)attr_set;
   launch("attention_short", kernel, dim3(heads.count, batch), dim3(rows / 16 * 32), smem, stream, qkv, qkv_ld, out,
-         out_ld, heads.slots, seq_start, seq_len, rows, scale_log2, prefetch);
+         out_ld, heads.slots, seq_start, seq_len, rows, scale_log2);
 }
 
 }  // namespace
@@ -314,23 +308,19 @@ void launch_short(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHead
 template <typename T>
 void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, int max_dqk, int max_dv,
                const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
-               int short_max, const L2Prefetch& prefetch, const Stream& stream) {
+               int short_max, const Stream& stream) {
   const float scale_log2 = scale * 1.4426950408889634f;
   if (std::max(max_dqk, max_dv) > 64)  // wide heads always stream (the whole-sequence operator is built for 64)
-    launch_long<T, 128>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, prefetch,
-                      stream);
+    launch_long<T, 128>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
   else if (max_len <= std::min(short_max, kShortKeys))
-    launch_short<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, prefetch,
-                       stream);
+    launch_short<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
   else
-    launch_long<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, prefetch,
-                      stream);
+    launch_long<T, 64>(qkv, qkv_ld, out, out_ld, heads, seq_start, seq_len, batch, max_len, scale_log2, stream);
 }
 
 template void attention<__half>(const __half*, int, __half*, int, const DeviceHeads&, int, int, const int32_t*,
-                                const int32_t*, int, int, float, int, const L2Prefetch&, const Stream&);
+                                const int32_t*, int, int, float, int, const Stream&);
 template void attention<__nv_bfloat16>(const __nv_bfloat16*, int, __nv_bfloat16*, int, const DeviceHeads&, int, int,
-                                       const int32_t*, const int32_t*, int, int, float, int, const L2Prefetch&,
-                                       const Stream&);
+                                       const int32_t*, const int32_t*, int, int, float, int, const Stream&);
 
 }  // namespace et::cuda

@@ -140,35 +140,6 @@ __device__ __forceinline__ void pdl_enter() {
 #endif
 }
 
-// Bytes that the next GEMMs of the forward read and no kernel of it writes (their weights): the kernel before
-// those GEMMs requests them into the L2 ahead of its pdl_enter(), so they load while the kernel before it drains
-// and the GEMM finds them there. Empty: nothing requested.
-struct L2Prefetch {
-  const void* ptr[2] = {nullptr, nullptr};
-  uint32_t bytes[2] = {0, 0};  // multiples of 16
-};
-
-// Request p's ranges into the L2 (sm_90: cp.async.bulk.prefetch, 4 KB a request, spread over every thread of
-// the grid; nothing waits for them). A hint: older GPUs skip it.
-__device__ __forceinline__ void l2_prefetch(const L2Prefetch& p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  constexpr uint32_t kChunk = 4096;
-  const uint32_t threads = blockDim.x * blockDim.y * blockDim.z;
-  const uint32_t block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-  const uint32_t first = block * threads + threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
-  const uint32_t stride = threads * gridDim.x * gridDim.y * gridDim.z;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const uint32_t chunks = (p.bytes[r] + kChunk - 1) / kChunk;
-    for (uint32_t c = first; c < chunks; c += stride) {
-      const char* addr = static_cast<const char*>(p.ptr[r]) + static_cast<size_t>(c) * kChunk;
-      const uint32_t size = min(kChunk, p.bytes[r] - c * kChunk);
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(addr), "r"(size) : "memory");
-    }
-  }
-#endif
-}
-
 // Launch `kernel` on s (early when s allows it) and check the launch.
 template <typename... Params, typename... Args>
 void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Stream& s,

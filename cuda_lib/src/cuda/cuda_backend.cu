@@ -13,8 +13,6 @@
 //   ET_GEMM_TUNE=N         cuBLASLt candidates timed per GEMM shape (default 8; 1: the heuristic's first)
 //   ET_GEMM_TUNE_COLD=0    time them back to back on cache-warm operands instead of after an L2 flush
 //   ET_SPARSE_BM           rows of X per block of the tile-sparse GEMM: 0 auto, 32, 64 or 128
-//   ET_L2_PREFETCH_MAX_ROWS  for batches of at most this many token rows (sm_90+), the kernel before each GEMM
-//                          requests that GEMM's weights into the L2 before it waits for its predecessor
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -46,7 +44,6 @@ constexpr int64_t kDefaultSparseMaxRows = 128;
 constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
 constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)
 constexpr size_t kMaxGraphs = 16;
-constexpr int64_t kDefaultL2PrefetchMaxRows = INT64_MAX;  // NOTES.md, session 6
 
 // An owned device allocation.
 class DeviceBuffer {
@@ -210,10 +207,6 @@ class CudaEngine final : public Backend {
     const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
     gelu_ = env_number("ET_EXACT_GELU", 0) != 0 ? Epilogue::kBiasGelu : Epilogue::kBiasGeluTanh;
     const int gemm_tune = static_cast<int>(env_number("ET_GEMM_TUNE", kDefaultGemmTune));
-    const double prefetch_rows =
-        env_number("ET_L2_PREFETCH_MAX_ROWS", static_cast<double>(kDefaultL2PrefetchMaxRows));
-    l2_prefetch_max_rows_ =
-        prop.major < 9 ? -1 : prefetch_rows >= 9.0e18 ? INT64_MAX : static_cast<int64_t>(prefetch_rows);
 
     const Model& m = *model_;
     prepared_ = prepare_model(m, max_density);
@@ -370,23 +363,8 @@ class CudaEngine final : public Backend {
   // Kernels of the forward after its first: launched early where the GPU allows it.
   Stream layer_stream() const { return Stream{stream_, early_launch_}; }
 
-  bool runs_sparse(const DeviceLinear<T>& l, int m) const { return l.sparse && m <= sparse_max_rows_; }
-
-  // The weights that linear() reads for a batch of m rows, as the kernel before it should request them.
-  L2Prefetch prefetch(int m, const DeviceLinear<T>& a, const DeviceLinear<T>* b = nullptr) const {
-    L2Prefetch p;
-    if (m > l2_prefetch_max_rows_) return p;
-    const DeviceLinear<T>* ls[2] = {&a, b};
-    for (int i = 0; i < 2 && ls[i]; ++i) {
-      const DeviceBuffer& w = runs_sparse(*ls[i], m) ? ls[i]->tiles : ls[i]->weight;
-      p.ptr[i] = w.template as<void>();
-      p.bytes[i] = static_cast<uint32_t>(std::min<size_t>(w.bytes(), UINT32_MAX) / 16 * 16);
-    }
-    return p;
-  }
-
   void linear(const DeviceLinear<T>& l, const T* x, int m, const T* residual, T* y, Epilogue epi) {
-    if (runs_sparse(l, m))
+    if (l.sparse && m <= sparse_max_rows_)
       sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, sparse_dev_, sparse_bm_, layer_stream());
     else
       gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi,
@@ -401,24 +379,20 @@ class CudaEngine final : public Backend {
                   *cls = idx(3 * R + 2 * B);
     T *x = ws_.x.as<T>(), *x2 = ws_.x2.as<T>(), *tmp = ws_.tmp.as<T>(), *qkv = ws_.qkv.as<T>(),
       *att = ws_.att.as<T>(), *ffn = ws_.ffn.as<T>();
-    // Each row kernel and attention requests the weights of the GEMMs that follow it (L2Prefetch).
     embed_layernorm<T>(tok, seg, pos, s.rows, H, word_.as<T>(), pos_.as<T>(), type_.as<T>(), emb_g_.as<T>(),
-                       emb_b_.as<T>(), c.layer_norm_eps, x,
-                       layers_.empty() ? L2Prefetch{} : prefetch(s.rows, layers_.front().qkv),
-                       Stream{stream_, false});
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      const DeviceLayer<T>& L = layers_[i];
+                       emb_b_.as<T>(), c.layer_norm_eps, x, Stream{stream_, false});
+    for (const DeviceLayer<T>& L : layers_) {
       linear(L.qkv, x, s.rows, nullptr, qkv, Epilogue::kBias);
       attention<T>(qkv, L.qkv.n, att, L.o.k, DeviceHeads{L.n_heads, L.heads.template as<int32_t>()},
                    prepared_.max_dqk, prepared_.max_dv, start, len, s.batch, s.max_len, prepared_.attn_scale,
-                   short_max_, prefetch(s.rows, L.o), layer_stream());
+                   short_max_, layer_stream());
       linear(L.o, att, s.rows, x, tmp, Epilogue::kBiasResidual);
       layernorm<T>(tmp, s.rows, H, L.ln1g.template as<T>(), L.ln1b.template as<T>(), c.layer_norm_eps, x2,
-                   prefetch(s.rows, L.ffn1, &L.ffn2), layer_stream());
+                   layer_stream());
       linear(L.ffn1, x2, s.rows, nullptr, ffn, gelu_);
       linear(L.ffn2, ffn, s.rows, x2, tmp, Epilogue::kBiasResidual);
       layernorm<T>(tmp, s.rows, H, L.ln2g.template as<T>(), L.ln2b.template as<T>(), c.layer_norm_eps, x,
-                   i + 1 < layers_.size() ? prefetch(s.rows, layers_[i + 1].qkv) : L2Prefetch{}, layer_stream());
+                   layer_stream());
     }
     pooler_classifier<T>(x, cls, s.batch, H, pool_w_.as<T>(), pool_b_.as<T>(), cls_w_.as<T>(), cls_b_.as<T>(),
                          c.labels, ws_.pooled.as<float>(), ws_.logits.as<float>(), layer_stream());
@@ -481,7 +455,6 @@ class CudaEngine final : public Backend {
   bool early_launch_ = false;
   Epilogue gelu_ = Epilogue::kBiasGeluTanh;
   int64_t sparse_max_rows_ = kDefaultSparseMaxRows;
-  int64_t l2_prefetch_max_rows_ = -1;  // -1: never (before sm_90)
   PreparedModel prepared_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DenseGemm> gemm_;

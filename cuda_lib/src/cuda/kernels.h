@@ -40,22 +40,22 @@ struct DeviceHeads {
 // Fused attention over a ragged batch. qkv: [rows, qkv_ld]; out: [rows, out_ld].
 // seq_start/seq_len: [batch] rows of each sequence (packed or padded layout).
 // short_max: sequences of max_len <= short_max use the whole-sequence operator, longer ones the
-// streaming (online-softmax) operator. prefetch: weights of the GEMMs after it (see L2Prefetch).
+// streaming (online-softmax) operator.
 template <typename T>
 void attention(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, int max_dqk, int max_dv,
                const int32_t* seq_start, const int32_t* seq_len, int batch, int max_len, float scale,
-               int short_max, const L2Prefetch& prefetch, const Stream& s);
+               int short_max, const Stream& s);
 
-// x[rows, h] = LayerNorm(word[tok] + pos[pos_id] + type[seg]); prefetch: weights of the GEMMs after it.
+// x[rows, h] = LayerNorm(word[tok] + pos[pos_id] + type[seg]).
 template <typename T>
 void embed_layernorm(const int32_t* tok, const int32_t* seg, const int32_t* pos, int rows, int hidden,
                      const T* word, const T* posemb, const T* type, const T* gamma, const T* beta, float eps, T* x,
-                     const L2Prefetch& prefetch, const Stream& s);
+                     const Stream& s);
 
-// y[rows, h] = LayerNorm(x[rows, h]); prefetch: weights of the GEMMs after it.
+// y[rows, h] = LayerNorm(x[rows, h]).
 template <typename T>
 void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, float eps, T* y,
-               const L2Prefetch& prefetch, const Stream& s);
+               const Stream& s);
 
 // x = GELU(x) elementwise (exact erf form), n a multiple of 8.
 template <typename T>

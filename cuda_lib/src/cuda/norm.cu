@@ -97,9 +97,8 @@ __global__ void embed_layernorm_kernel(const int32_t* __restrict__ tok, const in
                                        const int32_t* __restrict__ pos, int rows, int hidden, const T* __restrict__ word,
                                        const T* __restrict__ posemb, const T* __restrict__ type,
                                        const T* __restrict__ gamma, const T* __restrict__ beta, float eps,
-                                       T* __restrict__ x, L2Prefetch prefetch) {
+                                       T* __restrict__ x) {
   const T* affine = stage_affine(gamma, beta, hidden);
-  l2_prefetch(prefetch);
   pdl_enter();
   cp_async_wait<0>();
   __syncthreads();
@@ -127,9 +126,8 @@ __global__ void embed_layernorm_kernel(const int32_t* __restrict__ tok, const in
 
 template <typename T, int CH>
 __global__ void layernorm_kernel(const T* __restrict__ x, int rows, int hidden, const T* __restrict__ gamma,
-                                 const T* __restrict__ beta, float eps, T* __restrict__ y, L2Prefetch prefetch) {
+                                 const T* __restrict__ beta, float eps, T* __restrict__ y) {
   const T* affine = stage_affine(gamma, beta, hidden);
-  l2_prefetch(prefetch);
   pdl_enter();
   cp_async_wait<0>();
   __syncthreads();
@@ -270,16 +268,15 @@ int grid_for(int64_t n, int block) { return static_cast<int>(std::min<int64_t>((
 template <typename T>
 void embed_layernorm(const int32_t* tok, const int32_t* seg, const int32_t* pos, int rows, int hidden, const T* word,
                      const T* posemb, const T* type, const T* gamma, const T* beta, float eps, T* x,
-                     const L2Prefetch& prefetch, const Stream& s) {
+                     const Stream& s) {
   launch("embed_layernorm", embed_layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32),
-         affine_smem<T>(hidden), s, tok, seg, pos, rows, hidden, word, posemb, type, gamma, beta, eps, x, prefetch);
+         affine_smem<T>(hidden), s, tok, seg, pos, rows, hidden, word, posemb, type, gamma, beta, eps, x);
 }
 
 template <typename T>
-void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, float eps, T* y,
-               const L2Prefetch& prefetch, const Stream& s) {
+void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, float eps, T* y, const Stream& s) {
   launch("layernorm", layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32),
-         affine_smem<T>(hidden), s, x, rows, hidden, gamma, beta, eps, y, prefetch);
+         affine_smem<T>(hidden), s, x, rows, hidden, gamma, beta, eps, y);
 }
 
 template <typename T>
@@ -304,8 +301,8 @@ void gather_rows_f32(const T* x, const int32_t* rows, int n, int hidden, float* 
 
 #define ET_INSTANTIATE(T)                                                                                         \
   template void embed_layernorm<T>(const int32_t*, const int32_t*, const int32_t*, int, int, const T*, const T*, \
-                                   const T*, const T*, const T*, float, T*, const L2Prefetch&, const Stream&);    \
-  template void layernorm<T>(const T*, int, int, const T*, const T*, float, T*, const L2Prefetch&, const Stream&);\
+                                   const T*, const T*, const T*, float, T*, const Stream&);                       \
+  template void layernorm<T>(const T*, int, int, const T*, const T*, float, T*, const Stream&);                   \
   template void gelu_inplace<T>(T*, int64_t, const Stream&);                                                      \
   template void pooler_classifier<T>(const T*, const int32_t*, int, int, const T*, const T*, const T*, const T*, \
                                      int, float*, float*, const Stream&);                                         \
