@@ -5,13 +5,17 @@ Each ``cuda_lib/src/cuda/*.cu`` is compiled to an object file with
 checked for register spills in the kernels (local-memory traffic would cost the engine its speed).
 Skipped when nvcc is not installed; a source that includes cuBLASLt is skipped when the cuBLAS
 headers are not installed next to nvcc (they come with the full CUDA toolkit, not with nvcc alone).
+``hopper_gemm.cu`` (CUTLASS's Hopper kernels) is built for sm_90a only, as CMake builds it, with the headers of
+the nvidia-cutlass package (requirements-nodeps.txt), and the engine is compiled with it enabled too.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import site
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +25,16 @@ ROOT = Path(__file__).resolve().parent.parent
 CUDA_DIR = ROOT / "cuda_lib" / "src" / "cuda"
 NVCC = shutil.which("nvcc")
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))
+HOPPER = "hopper_gemm.cu"  # sm_90a only (CMakeLists.txt)
+
+
+def _cutlass_include() -> Path | None:
+    """CUTLASS's include folder from the nvidia-cutlass package, found as CMakeLists.txt finds it."""
+    for d in [*site.getsitepackages(), *sys.path]:
+        inc = Path(d) / "cutlass_library" / "source" / "include"
+        if d and (inc / "cutlass" / "cutlass.h").is_file():
+            return inc
+    return None
 
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
 
@@ -30,20 +44,28 @@ def _cublas_headers() -> bool:
     return (include / "cublasLt.h").is_file()
 
 
-def _compile(src: Path, out_dir: Path) -> subprocess.CompletedProcess:
-    cmd = [NVCC, "-std=c++17", "-O3", "-c", str(src), "-o", str(out_dir / (src.stem + ".o")),
-           "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
-           "-I", str(ROOT / "cuda_lib" / "include"), "-I", str(ROOT / "cuda_lib" / "src"),
-           "-DET_WITH_CUDA", "--expt-relaxed-constexpr", "-Xptxas", "-v"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def _compile(src: Path, out_dir: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    if src.name == HOPPER:
+        arch = ["-gencode", "arch=compute_90a,code=sm_90a", "-DCUTLASS_ENABLE_GDC_FOR_SM90", "-DNDEBUG",
+                "-I", str(_cutlass_include())]
+    else:
+        arch = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
+    cmd = [NVCC, "-std=c++17", "-O3", "-c", str(src), "-o", str(out_dir / (src.stem + "".join(extra) + ".o")),
+           *arch, "-I", str(ROOT / "cuda_lib" / "include"), "-I", str(ROOT / "cuda_lib" / "src"),
+           "-DET_WITH_CUDA", "--expt-relaxed-constexpr", "-Xptxas", "-v", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("cuda_obj")
-    todo = [s for s in SOURCES if _cublas_headers() or "cublasLt.h" not in _includes(s)]
+    todo = [s for s in SOURCES if (_cublas_headers() or "cublasLt.h" not in _includes(s))
+            and (s.name != HOPPER or _cutlass_include())]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip((s.name for s in todo), pool.map(lambda s: _compile(s, out), todo)))
+        done = dict(zip((s.name for s in todo), pool.map(lambda s: _compile(s, out), todo)))
+    if _cutlass_include():  # the engine with the CUTLASS path compiled in
+        done["cuda_backend.cu with hopper"] = _compile(CUDA_DIR / "cuda_backend.cu", out, ("-DET_WITH_HOPPER_GEMM",))
+    return done
 
 
 def _includes(src: Path) -> str:
@@ -63,11 +85,21 @@ def test_sources_exist():
 @pytest.mark.parametrize("src", SOURCES, ids=lambda s: s.name)
 def test_compiles_for_sm80_and_sm90(src: Path, compiled):
     if src.name not in compiled:
-        pytest.skip(f"{src.name} includes cublasLt.h and the cuBLAS headers are not installed next to nvcc")
+        why = "CUTLASS's headers (nvidia-cutlass)" if src.name == HOPPER else "the cuBLAS headers next to nvcc"
+        pytest.skip(f"{src.name}: {why} not installed")
     result = compiled[src.name]
     assert result.returncode == 0, result.stderr[-4000:]
-    targets = set(re.findall(r"for '(sm_\d+)'", result.stderr))
-    if "__global__" in src.read_text():
+    targets = set(re.findall(r"for '(sm_\d+a?)'", result.stderr))
+    if src.name == HOPPER:
+        assert targets == {"sm_90a"}, f"compiled for {targets}"
+    elif "__global__" in src.read_text():
         assert targets == {"sm_80", "sm_90"}, f"compiled for {targets}"
     spills = [line for line in result.stderr.splitlines() if re.search(r"[1-9]\d* bytes spill (stores|loads)", line)]
     assert not spills, f"{src.name}: register spills:\n" + "\n".join(spills)
+
+
+def test_engine_compiles_with_the_cutlass_path(compiled):
+    if "cuda_backend.cu with hopper" not in compiled:
+        pytest.skip("CUTLASS's headers (nvidia-cutlass) not installed")
+    result = compiled["cuda_backend.cu with hopper"]
+    assert result.returncode == 0, result.stderr[-4000:]

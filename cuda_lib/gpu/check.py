@@ -58,6 +58,7 @@ class Case:
     sparse_bm: str = "0"     # ET_SPARSE_BM: rows of X per block of the tile-sparse kernel (0 = auto)
     tiled: bool = True       # pruned layers through the tile-sparse kernel; False: their dense copies through
                              # cuBLASLt (pruned, odd N and K)
+    hopper_rows: str = ""    # ET_HOPPER_GEMM_MAX_ROWS (CUTLASS GEMMs for batches up to this many rows); "": default
     vocab: int = 2000
 
 
@@ -76,7 +77,10 @@ def cases(rng: np.random.Generator) -> list[Case]:
              batches=[[1], [128], [40, 51], [128] * 32, r(32, 16, 128), [512, 333, 77], r(8, 1, 512),
                       r(128, 1, 64)]),
         Case("base 70% +heads +dims cuBLASLt", "bert-base", 0.3, 0.25, 0.25, batches=[[128], [3, 60], [1]],
-             tiled=False),
+             tiled=False, hopper_rows="0"),
+        Case("base 70% +heads +dims CUTLASS", "bert-base", 0.3, 0.25, 0.25,
+             batches=[[128], [3, 60], [1], r(32, 16, 128)], tiled=False, hopper_rows="1000000000"),
+        Case("base dense CUTLASS", "bert-base", 1.0, batches=[[128] * 32, r(16, 1, 300)], hopper_rows="1000000000"),
         Case("base 80% +heads +dims", "bert-base", 0.2, 0.25, 0.25, batches=[r(32, 16, 128), [512, 300, 17]],
              cpu=True),
         Case("base 95% +heads", "bert-base", 0.05, 0.5, 0.0, batches=[r(16, 1, 200)]),
@@ -129,6 +133,10 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
     rows = []
     os.environ["ET_SPARSE_BM"] = case.sparse_bm  # read at load
     os.environ["ET_SPARSE_MAX_DENSITY"] = "1.0" if case.tiled else "0"
+    if case.hopper_rows:
+        os.environ["ET_HOPPER_GEMM_MAX_ROWS"] = case.hopper_rows
+    else:
+        os.environ.pop("ET_HOPPER_GEMM_MAX_ROWS", None)
     with Engine(lib, manifest, backend="cuda", precision=case.precision) as eng:
         cpu = Engine(lib, manifest, backend="cpu") if case.cpu else None
         try:

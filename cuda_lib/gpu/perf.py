@@ -12,7 +12,8 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   untuned      the same dense/b1/ragged rows with cuBLASLt's first heuristic choice (ET_GEMM_TUNE=1)
   loads        dense b1/b32 in four more engine loads of the same model: the spread over the process's lifetime
   variants     dense/b1/ragged with the exact erf GELU pass (ET_EXACT_GELU=1), without programmatic dependent
-               launch (ET_PDL=0), and with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0)
+               launch (ET_PDL=0), with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0), and with the
+               CUTLASS GEMMs for no batch / every batch (ET_HOPPER_GEMM_MAX_ROWS=0 / 1e9; default: <= 256 rows)
   attention    (--attention) whole-sequence vs streaming operator by length and on the ragged batch
                (the ET_ATTN_SHORT_MAX switch)
 Each timing: 10 warm-up + median of 50 CUDA-event-timed runs, measured twice. Writes --json and
@@ -119,6 +120,7 @@ def main() -> int:
     dense = p.export(model, 1.0, "dense")
     b32 = np.full(32, 128, np.int32)
     b1 = np.full(1, 128, np.int32)
+    b2, b8 = np.full(2, 128, np.int32), np.full(8, 128, np.int32)
     ragged = p.rng.integers(16, 129, 32).astype(np.int32)
     f32 = bench.forward_flops(DIMS, b32, padded=False)
     with Engine(p.lib, dense, backend="cuda") as eng:
@@ -127,6 +129,8 @@ def main() -> int:
         p.record("dense b1 s128 (graph)", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
         p.record("dense b1 s128 (no graph)", p.engine_ms(eng, b1, graph=False), bench.forward_flops(DIMS, b1, False))
         p.results["ragged_speedup"] = {"padded_over_packed": p.ragged_pair(eng, ragged)["padded_over_packed"]}
+        for lens in (b2, b8):
+            p.record(f"dense b{lens.size} s128 (graph)", p.engine_ms(eng, lens), bench.forward_flops(DIMS, lens, False))
         for seq in (64, 256, 512):
             lens = np.full(32 if seq < 512 else 8, seq, np.int32)
             p.record(f"dense b{lens.size} s{seq} (graph)", p.engine_ms(eng, lens), bench.forward_flops(DIMS, lens, False))
@@ -140,13 +144,20 @@ def main() -> int:
                 spread[tag].append(p.record(f"dense {tag} s128 load {k}", p.engine_ms(eng, lens), fl)["ms_median"])
     p.results["load_spread"] = {tag: {"min": min(v), "max": max(v)} for tag, v in spread.items()}
     # the same rows with one engine choice switched: exact erf GELU pass instead of the fused tanh form,
-    # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush)
+    # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush),
+    # cuBLASLt / CUTLASS for every dense GEMM
     for tag, knob in (("exact-erf GELU pass", {"ET_EXACT_GELU": "1"}), ("no early launch", {"ET_PDL": "0"}),
-                      ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"})):
+                      ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"}),
+                      ("cuBLASLt for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "0"}),
+                      ("CUTLASS for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "1000000000"})):
         with env(**knob), Engine(p.lib, dense, backend="cuda") as eng:
             p.record(f"dense b32 s128 {tag}", p.engine_ms(eng, b32), f32)
             p.record(f"dense b1 s128 {tag}", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
             p.ragged_pair(eng, ragged, suffix=f" {tag}")
+            if "ET_HOPPER_GEMM_MAX_ROWS" in knob:  # where the CUTLASS path should stop: batches of 2-8 x 128
+                for lens in (b2, b8):
+                    p.record(f"dense b{lens.size} s128 {tag}", p.engine_ms(eng, lens),
+                             bench.forward_flops(DIMS, lens, False))
     with env(ET_GEMM_TUNE="1"), Engine(p.lib, dense, backend="cuda") as eng:  # cuBLASLt heuristic's first choice
         p.record("dense b32 s128 untuned cuBLASLt", p.engine_ms(eng, b32), f32)
         p.record("dense b1 s128 untuned cuBLASLt", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
@@ -167,7 +178,6 @@ def main() -> int:
     # tile sparsity: the sparse kernel vs cuBLASLt on the same pruned weights (batch 32, 8 and 1 x 128
     # tokens: the crossover depends on the rows), and vs our dense engine
     dense_ms = p.results["dense b32 s128 (graph)"]["ms_median"]
-    b8 = np.full(8, 128, np.int32)
     densities = [float(d) for d in args.densities.split(",")]
     block_density = 0.2 if 0.2 in densities else min(densities)  # where the block rows are compared
     for density in densities:

@@ -13,6 +13,9 @@
 //   ET_GEMM_TUNE=N         cuBLASLt candidates timed per GEMM shape (default 8; 1: the heuristic's first)
 //   ET_GEMM_TUNE_COLD=0    time them back to back on cache-warm operands instead of after an L2 flush
 //   ET_SPARSE_BM           rows of X per block of the tile-sparse GEMM: 0 auto, 32, 64 or 128
+//   ET_HOPPER_GEMM_MAX_ROWS  fp16 batches of at most this many token rows run their dense GEMMs through CUTLASS's
+//                          Hopper kernels (launched early; O and FFN2 split-K, summed by the LayerNorm kernel)
+//                          when the library was built with them (sm_90 only); 0: cuBLASLt for every batch
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -27,6 +30,9 @@
 #include "backend.h"
 #include "common.cuh"
 #include "dense_gemm.h"
+#ifdef ET_WITH_HOPPER_GEMM
+#include "hopper_gemm.h"
+#endif
 #include "kernels.h"
 #include "prepare.h"
 
@@ -44,6 +50,7 @@ constexpr int64_t kDefaultSparseMaxRows = 128;
 constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
 constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)
 constexpr size_t kMaxGraphs = 16;
+constexpr int64_t kDefaultHopperMaxRows = 256;      // NOTES.md, session 6
 
 // An owned device allocation.
 class DeviceBuffer {
@@ -178,6 +185,7 @@ struct Shape {
 struct Workspace {
   int rows_cap = 0, batch_cap = 0;
   DeviceBuffer idx, x, x2, tmp, qkv, att, ffn, pooled, logits, hidden;
+  DeviceBuffer partial;  // fp32 split-K partial products (CUTLASS path), for batches it serves
   PinnedBuffer idx_host, logits_host;
 };
 
@@ -207,6 +215,14 @@ class CudaEngine final : public Backend {
     const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
     gelu_ = env_number("ET_EXACT_GELU", 0) != 0 ? Epilogue::kBiasGelu : Epilogue::kBiasGeluTanh;
     const int gemm_tune = static_cast<int>(env_number("ET_GEMM_TUNE", kDefaultGemmTune));
+    const double hopper_rows = env_number("ET_HOPPER_GEMM_MAX_ROWS", static_cast<double>(kDefaultHopperMaxRows));
+#ifdef ET_WITH_HOPPER_GEMM
+    // CUTLASS's kernels are built for sm_90a, which runs on sm_90 devices only; fp16 only.
+    if (std::is_same_v<T, __half> && prop.major == 9 && prop.minor == 0)
+      hopper_max_rows_ = static_cast<int64_t>(std::min(hopper_rows, 1.0e9));
+#else
+    (void)hopper_rows;
+#endif
 
     const Model& m = *model_;
     prepared_ = prepare_model(m, max_density);
@@ -312,6 +328,7 @@ class CudaEngine final : public Backend {
       w.pooled = DeviceBuffer(sizeof(float) * B * c.hidden);
       w.logits = DeviceBuffer(sizeof(float) * B * c.labels);
       w.hidden = DeviceBuffer(sizeof(float) * R * c.hidden);
+      w.partial = DeviceBuffer(sizeof(float) * partial_elements(R));
       w.idx_host = PinnedBuffer(n_idx * sizeof(int32_t));
       w.logits_host = PinnedBuffer(sizeof(float) * B * c.labels);
       ws_ = std::move(w);
@@ -363,12 +380,58 @@ class CudaEngine final : public Backend {
   // Kernels of the forward after its first: launched early where the GPU allows it.
   Stream layer_stream() const { return Stream{stream_, early_launch_}; }
 
+  bool runs_sparse(const DeviceLinear<T>& l, int m) const { return l.sparse && m <= sparse_max_rows_; }
+  bool runs_hopper(const DeviceLinear<T>& l, int m) const { return !runs_sparse(l, m) && m <= hopper_max_rows_; }
+
+  // Elements of the split-K partial buffer for a workspace of `rows` rows: the most splits any O or FFN2 GEMM
+  // takes (a single-row batch has the fewest tiles, so the most splits) for the rows the CUTLASS path serves.
+  size_t partial_elements(int rows) const {
+    const int64_t served = std::min<int64_t>(rows, std::max<int64_t>(hopper_max_rows_, 0));
+    size_t splits = 0;
+#ifdef ET_WITH_HOPPER_GEMM
+    if (served > 0)
+      for (const DeviceLayer<T>& L : layers_)
+        for (const DeviceLinear<T>* l : {&L.o, &L.ffn2})
+          splits = std::max<size_t>(splits, hopper::split_count(1, l->n, l->k, sparse_dev_.num_sms));
+#endif
+    return splits * static_cast<size_t>(served) * model_->cfg.hidden;
+  }
+
   void linear(const DeviceLinear<T>& l, const T* x, int m, const T* residual, T* y, Epilogue epi) {
-    if (l.sparse && m <= sparse_max_rows_)
+    if (runs_sparse(l, m)) {
       sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, sparse_dev_, sparse_bm_, layer_stream());
-    else
-      gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi,
-                    layer_stream());
+      return;
+    }
+#ifdef ET_WITH_HOPPER_GEMM
+    if constexpr (std::is_same_v<T, __half>)
+      if (runs_hopper(l, m) && hopper::gemm(l.weight.template as<T>(), x, l.bias.template as<T>(), y, m, l.n, l.k,
+                                            epi, layer_stream()))
+        return;
+#endif
+    gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi,
+                  layer_stream());
+  }
+
+  // y = LayerNorm(x . W^T + bias + residual): on the CUTLASS path a split-K GEMM whose partial sums the
+  // LayerNorm kernel adds up with bias and residual; otherwise the GEMM's residual epilogue into tmp, then
+  // LayerNorm.
+  void linear_layernorm(const DeviceLinear<T>& l, const T* x, int m, const T* residual, const DeviceBuffer& gamma,
+                        const DeviceBuffer& beta, T* tmp, T* y) {
+    const float eps = model_->cfg.layer_norm_eps;
+#ifdef ET_WITH_HOPPER_GEMM
+    if constexpr (std::is_same_v<T, __half>) {
+      const int splits = hopper::split_count(m, l.n, l.k, sparse_dev_.num_sms);
+      if (runs_hopper(l, m) && l.n == model_->cfg.hidden &&
+          hopper::gemm_split_k(l.weight.template as<T>(), x, ws_.partial.as<float>(), m, l.n, l.k, splits,
+                               layer_stream())) {
+        splitk_layernorm<T>(ws_.partial.as<float>(), splits, m, l.n, l.bias.template as<T>(), residual,
+                            gamma.as<T>(), beta.as<T>(), eps, y, layer_stream());
+        return;
+      }
+    }
+#endif
+    linear(l, x, m, residual, tmp, Epilogue::kBiasResidual);
+    layernorm<T>(tmp, m, model_->cfg.hidden, gamma.as<T>(), beta.as<T>(), eps, y, layer_stream());
   }
 
   // The whole forward on stream_, reading the staged indices (capturable: no host synchronisation).
@@ -386,13 +449,9 @@ class CudaEngine final : public Backend {
       attention<T>(qkv, L.qkv.n, att, L.o.k, DeviceHeads{L.n_heads, L.heads.template as<int32_t>()},
                    prepared_.max_dqk, prepared_.max_dv, start, len, s.batch, s.max_len, prepared_.attn_scale,
                    short_max_, layer_stream());
-      linear(L.o, att, s.rows, x, tmp, Epilogue::kBiasResidual);
-      layernorm<T>(tmp, s.rows, H, L.ln1g.template as<T>(), L.ln1b.template as<T>(), c.layer_norm_eps, x2,
-                   layer_stream());
+      linear_layernorm(L.o, att, s.rows, x, L.ln1g, L.ln1b, tmp, x2);
       linear(L.ffn1, x2, s.rows, nullptr, ffn, gelu_);
-      linear(L.ffn2, ffn, s.rows, x2, tmp, Epilogue::kBiasResidual);
-      layernorm<T>(tmp, s.rows, H, L.ln2g.template as<T>(), L.ln2b.template as<T>(), c.layer_norm_eps, x,
-                   layer_stream());
+      linear_layernorm(L.ffn2, ffn, s.rows, x2, L.ln2g, L.ln2b, tmp, x);
     }
     pooler_classifier<T>(x, cls, s.batch, H, pool_w_.as<T>(), pool_b_.as<T>(), cls_w_.as<T>(), cls_b_.as<T>(),
                          c.labels, ws_.pooled.as<float>(), ws_.logits.as<float>(), layer_stream());
@@ -455,6 +514,7 @@ class CudaEngine final : public Backend {
   bool early_launch_ = false;
   Epilogue gelu_ = Epilogue::kBiasGeluTanh;
   int64_t sparse_max_rows_ = kDefaultSparseMaxRows;
+  int64_t hopper_max_rows_ = -1;  // -1: no CUTLASS path (not built, not sm_90, or bf16)
   PreparedModel prepared_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DenseGemm> gemm_;

@@ -57,6 +57,12 @@ template <typename T>
 void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, float eps, T* y,
                const Stream& s);
 
+// y[rows, h] = LayerNorm(sum over s < splits of partial[s][rows, h] + bias + residual): the epilogue of a split-K
+// GEMM (fp32 partial products) fused with the LayerNorm after it.
+template <typename T>
+void splitk_layernorm(const float* partial, int splits, int rows, int hidden, const T* bias, const T* residual,
+                      const T* gamma, const T* beta, float eps, T* y, const Stream& s);
+
 // x = GELU(x) elementwise (exact erf form), n a multiple of 8.
 template <typename T>
 void gelu_inplace(T* x, int64_t n, const Stream& s);

@@ -78,15 +78,17 @@ __device__ __forceinline__ void store_normalized(const float (&v)[CH * 8], int h
   }
 }
 
-// Copy gamma and beta (hidden each) into the block's shared memory, asynchronously: they are weights, so the
-// kernels request them before pdl_enter() and they load while the kernel before drains. Returns where they are.
+// Copy gamma and beta (and bias, when given; hidden each) into the block's shared memory, asynchronously: they
+// are weights, so the kernels request them before pdl_enter() and they load while the kernel before drains.
+// Returns where they are: [gamma | beta | bias].
 template <typename T>
-__device__ __forceinline__ const T* stage_affine(const T* gamma, const T* beta, int hidden) {
+__device__ __forceinline__ const T* stage_affine(const T* gamma, const T* beta, int hidden, const T* bias = nullptr) {
   extern __shared__ __align__(16) unsigned char row_smem[];
-  T* s = reinterpret_cast<T*>(row_smem);  // [gamma | beta]
+  T* s = reinterpret_cast<T*>(row_smem);
   for (int i = threadIdx.x; i < hidden / 8; i += blockDim.x) {
     cp_async16(s + i * 8, gamma + i * 8, true);
     cp_async16(s + hidden + i * 8, beta + i * 8, true);
+    if (bias) cp_async16(s + 2 * hidden + i * 8, bias + i * 8, true);
   }
   cp_async_commit();
   return s;
@@ -139,6 +141,50 @@ __global__ void layernorm_kernel(const T* __restrict__ x, int rows, int hidden, 
   float mean, rstd;
   layernorm_row<CH>(
       v, hidden, [&](int chunk, float* out) { load8(src + chunk * 8, out); }, eps, lane, mean, rstd);
+  store_normalized<CH>(v, hidden, mean, rstd, affine, affine + hidden, y + static_cast<size_t>(row) * hidden, lane);
+}
+
+// LayerNorm of the sum of a split-K GEMM's fp32 partial products, its bias and the residual: the GEMM's
+// epilogue and the LayerNorm after it in one pass over the rows.
+template <typename T, int CH>
+__global__ void splitk_layernorm_kernel(const float* __restrict__ partial, int splits, int rows, int hidden,
+                                        const T* __restrict__ bias, const T* __restrict__ residual,
+                                        const T* __restrict__ gamma, const T* __restrict__ beta, float eps,
+                                        T* __restrict__ y) {
+  const T* affine = stage_affine(gamma, beta, hidden, bias);
+  pdl_enter();
+  cp_async_wait<0>();
+  __syncthreads();
+  const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const size_t plane = static_cast<size_t>(rows) * hidden;
+  const float* p = partial + static_cast<size_t>(row) * hidden;
+  const T* res = residual + static_cast<size_t>(row) * hidden;
+  float v[CH * 8];
+  float mean, rstd;
+  layernorm_row<CH>(
+      v, hidden,
+      [&](int chunk, float* out) {
+        float b[8];
+        load8(res + chunk * 8, out);
+        load8(affine + 2 * hidden + chunk * 8, b);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) out[e] += b[e];
+        for (int sp = 0; sp < splits; ++sp) {
+          const float4* q = reinterpret_cast<const float4*>(p + sp * plane + chunk * 8);
+          const float4 lo = q[0], hi = q[1];
+          out[0] += lo.x;
+          out[1] += lo.y;
+          out[2] += lo.z;
+          out[3] += lo.w;
+          out[4] += hi.x;
+          out[5] += hi.y;
+          out[6] += hi.z;
+          out[7] += hi.w;
+        }
+      },
+      eps, lane, mean, rstd);
   store_normalized<CH>(v, hidden, mean, rstd, affine, affine + hidden, y + static_cast<size_t>(row) * hidden, lane);
 }
 
@@ -245,6 +291,16 @@ auto layernorm_for(int ch) {
   }
 }
 template <typename T>
+auto splitk_layernorm_for(int ch) {
+  switch (ch) {
+    case 1: return splitk_layernorm_kernel<T, 1>;
+    case 2: return splitk_layernorm_kernel<T, 2>;
+    case 4: return splitk_layernorm_kernel<T, 4>;
+    case 8: return splitk_layernorm_kernel<T, 8>;
+    default: return splitk_layernorm_kernel<T, 16>;
+  }
+}
+template <typename T>
 auto embed_layernorm_for(int ch) {
   switch (ch) {
     case 1: return embed_layernorm_kernel<T, 1>;
@@ -280,6 +336,14 @@ void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, 
 }
 
 template <typename T>
+void splitk_layernorm(const float* partial, int splits, int rows, int hidden, const T* bias, const T* residual,
+                      const T* gamma, const T* beta, float eps, T* y, const Stream& s) {
+  launch("splitk_layernorm", splitk_layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32),
+         3 * static_cast<size_t>(hidden) * sizeof(T), s, partial, splits, rows, hidden, bias, residual, gamma, beta,
+         eps, y);
+}
+
+template <typename T>
 void gelu_inplace(T* x, int64_t n, const Stream& s) {
   launch("gelu", gelu_kernel<T>, dim3(grid_for(n / 8, 256)), dim3(256), 0, s, x, n / 8);
 }
@@ -303,6 +367,8 @@ void gather_rows_f32(const T* x, const int32_t* rows, int n, int hidden, float* 
   template void embed_layernorm<T>(const int32_t*, const int32_t*, const int32_t*, int, int, const T*, const T*, \
                                    const T*, const T*, const T*, float, T*, const Stream&);                       \
   template void layernorm<T>(const T*, int, int, const T*, const T*, float, T*, const Stream&);                   \
+  template void splitk_layernorm<T>(const float*, int, int, int, const T*, const T*, const T*, const T*, float,    \
+                                    T*, const Stream&);                                                           \
   template void gelu_inplace<T>(T*, int64_t, const Stream&);                                                      \
   template void pooler_classifier<T>(const T*, const int32_t*, int, int, const T*, const T*, const T*, const T*, \
                                      int, float*, float*, const Stream&);                                         \
