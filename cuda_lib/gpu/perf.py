@@ -7,7 +7,8 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   b1           seq 128 with and without the CUDA graph
   sparse       80% tile sparsity (random 16x16 tiles in every encoder linear) vs our dense
   ragged       lengths U[16, 128], batch 32: padding-free vs padded
-  density      sparse kernel vs cuBLASLt on the same pruned model at several densities (the
+  density      sparse kernel vs the dense GEMMs (CUTLASS <= 256 rows, else cuBLASLt; rows "dense", "cublaslt"
+               before session 6) on the same pruned model at several densities (the
                ET_SPARSE_MAX_DENSITY threshold), and the sparse kernel's rows per block (ET_SPARSE_BM)
   untuned      the same dense/b1/ragged rows with cuBLASLt's first heuristic choice (ET_GEMM_TUNE=1)
   loads        dense b1/b32 in four more engine loads of the same model: the spread over the process's lifetime
@@ -184,7 +185,7 @@ def main() -> int:
         manifest = p.export(model, density, f"d{density:g}")
         for lens in (b32, b8, b1):
             fl = bench.forward_flops(DIMS, lens, False, density)
-            for name, thr in (("tile-sparse", "2"), ("cublaslt", "0")):
+            for name, thr in (("tile-sparse", "2"), ("dense", "0")):
                 with env(ET_SPARSE_MAX_DENSITY=thr, ET_SPARSE_MAX_ROWS="1000000000"), \
                         Engine(p.lib, manifest, backend="cuda") as eng:
                     p.record(f"density {density:g} {name} b{lens.size} s128", p.engine_ms(eng, lens), fl)

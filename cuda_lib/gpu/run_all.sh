@@ -101,19 +101,27 @@ EOF
   # does not model: instrumented it reported hazards inside them, excluded (--kernel-name-exclude) one of them
   # failed with a hardware exception under the tool (NOTES.md, session 3 runs 16 and 19). The batch's longest
   # sequence (150) takes the streaming attention operator; --short runs its first three sequences (longest 40),
-  # which take the whole-sequence one.
+  # which take the whole-sequence one. The default packed run (210 rows) takes the CUTLASS GEMMs and the split-K
+  # LayerNorm; "$ALL_CUTLASS" forces them on the padded batch (600 rows) too, and racechecks it with CUTLASS's own
+  # kernels excluded (TMA and mbarriers, like cuBLASLt's): the split-K LayerNorm and the rest are checked.
   local sparse=("$ALL_TILE_SPARSE" "$ALL_TILE_SPARSE ET_SPARSE_BM=64 --padded" "$ALL_TILE_SPARSE ET_SPARSE_BM=128 --padded"
                 "$ALL_TILE_SPARSE --short")
+  local all_cutlass="ET_HOPPER_GEMM_MAX_ROWS=1000000000 --padded"
   for tool in memcheck racecheck; do
-    local runs=("${sparse[@]}")
-    [ "$tool" = memcheck ] && runs=("" "--padded" "${sparse[@]}")
+    local runs=("${sparse[@]}" "$all_cutlass --exclude-cutlass")
+    [ "$tool" = memcheck ] && runs=("" "--padded" "$all_cutlass" "${sparse[@]}")
     for run in "${runs[@]}"; do
-      local envs=() pad="" batch=""
+      local envs=() pad="" batch="" exclude=()
       for word in $run; do
-        case $word in --padded) pad=--padded ;; --short) batch=_short ;; *) envs+=("$word") ;; esac
+        case $word in
+          --padded) pad=--padded ;;
+          --short) batch=_short ;;
+          --exclude-cutlass) exclude=(--kernel-name-exclude kns=device_kernel) ;;
+          *) envs+=("$word") ;;
+        esac
       done
       echo "--- compute-sanitizer --tool $tool et_infer $run"
-      env "${envs[@]}" compute-sanitizer --tool "$tool" --error-exitcode 9 "$EXE" "${args[@]}" \
+      env "${envs[@]}" compute-sanitizer --tool "$tool" "${exclude[@]}" --error-exitcode 9 "$EXE" "${args[@]}" \
           --tokens "$dir/tokens$batch.npy" --lengths "$dir/lengths$batch.npy" $pad 2>&1 \
         | grep -iE 'error|hazard|latency|fail|warn' | tail -8 || rc=1
     done
