@@ -41,11 +41,11 @@ namespace cuda {
 namespace {
 
 // Stored tiled below this density and run tile-sparse for batches of at most kDefaultSparseMaxRows token rows:
-// measured on an H100 (NOTES.md, session 3 run 19) the tile-sparse kernel beats cuBLASLt on the zero-filled
-// weights at 128 rows up to a tile density between 0.15 and 0.2 (0.1: -12%, 0.15: -5%, 0.2: +8%) and loses at
-// 1024 rows and more at every density measured, so larger batches take cuBLASLt. 0.16 keeps the weights of a
-// model pruned to 0.15 (their densities scatter around it) on the kernel.
-constexpr double kDefaultSparseMaxDensity = 0.16;
+// measured on an H100 (NOTES.md, session 6 run 38), against the dense path at 128 rows (CUTLASS, launched early)
+// the tile-sparse kernel on the zero-filled weights is even at density 0.05 (-1%) and slower from 0.1 (+10%;
+// 0.15: +21%, 0.2: +37%), and it loses at 1024 rows and more at every density measured (session 3), so larger
+// batches take the dense GEMMs. (Against cuBLASLt, before the CUTLASS path, it won up to 0.15: session 3 run 19.)
+constexpr double kDefaultSparseMaxDensity = 0.07;
 constexpr int64_t kDefaultSparseMaxRows = 128;
 constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
 constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)

@@ -145,12 +145,14 @@ __global__ void layernorm_kernel(const T* __restrict__ x, int rows, int hidden, 
 }
 
 // LayerNorm of the sum of a split-K GEMM's fp32 partial products, its bias and the residual: the GEMM's
-// epilogue and the LayerNorm after it in one pass over the rows.
+// epilogue and the LayerNorm after it in one pass over the rows. A lane requests its chunks of kGroup partials
+// at once (one L2 round trip per kGroup splits, not one per split and chunk).
 template <typename T, int CH>
 __global__ void splitk_layernorm_kernel(const float* __restrict__ partial, int splits, int rows, int hidden,
                                         const T* __restrict__ bias, const T* __restrict__ residual,
                                         const T* __restrict__ gamma, const T* __restrict__ beta, float eps,
                                         T* __restrict__ y) {
+  constexpr int kGroup = CH <= 4 ? 4 : CH <= 8 ? 2 : 1;  // splits summed per round trip (registers: 8·CH·kGroup)
   const T* affine = stage_affine(gamma, beta, hidden, bias);
   pdl_enter();
   cp_async_wait<0>();
@@ -158,33 +160,50 @@ __global__ void splitk_layernorm_kernel(const float* __restrict__ partial, int s
   const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
+  const int chunks = hidden / 8;
   const size_t plane = static_cast<size_t>(rows) * hidden;
   const float* p = partial + static_cast<size_t>(row) * hidden;
   const T* res = residual + static_cast<size_t>(row) * hidden;
   float v[CH * 8];
-  float mean, rstd;
-  layernorm_row<CH>(
-      v, hidden,
-      [&](int chunk, float* out) {
-        float b[8];
-        load8(res + chunk * 8, out);
-        load8(affine + 2 * hidden + chunk * 8, b);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) out[e] += b[e];
-        for (int sp = 0; sp < splits; ++sp) {
-          const float4* q = reinterpret_cast<const float4*>(p + sp * plane + chunk * 8);
-          const float4 lo = q[0], hi = q[1];
-          out[0] += lo.x;
-          out[1] += lo.y;
-          out[2] += lo.z;
-          out[3] += lo.w;
-          out[4] += hi.x;
-          out[5] += hi.y;
-          out[6] += hi.z;
-          out[7] += hi.w;
-        }
-      },
-      eps, lane, mean, rstd);
+  for (int c = 0; c < CH; ++c) {
+    const int chunk = lane + c * 32;
+    if (chunk >= chunks) continue;
+    float b[8];
+    load8(res + chunk * 8, &v[c * 8]);
+    load8(affine + 2 * hidden + chunk * 8, b);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[c * 8 + e] += b[e];
+  }
+  for (int s0 = 0; s0 < splits; s0 += kGroup) {
+    float4 q[kGroup][CH][2];
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g)
+#pragma unroll
+      for (int c = 0; c < CH; ++c) {
+        const int chunk = lane + c * 32;
+        const bool ok = s0 + g < splits && chunk < chunks;
+        const float4* src = reinterpret_cast<const float4*>(p + (s0 + g) * plane + chunk * 8);
+        q[g][c][0] = ok ? src[0] : make_float4(0.f, 0.f, 0.f, 0.f);
+        q[g][c][1] = ok ? src[1] : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g)
+#pragma unroll
+      for (int c = 0; c < CH; ++c) {
+        float* o = &v[c * 8];
+        o[0] += q[g][c][0].x;
+        o[1] += q[g][c][0].y;
+        o[2] += q[g][c][0].z;
+        o[3] += q[g][c][0].w;
+        o[4] += q[g][c][1].x;
+        o[5] += q[g][c][1].y;
+        o[6] += q[g][c][1].z;
+        o[7] += q[g][c][1].w;
+      }
+  }
+  float mean, rstd;
+  layernorm_row<CH>(v, hidden, [](int, float*) {}, eps, lane, mean, rstd);  // v already holds the row
   store_normalized<CH>(v, hidden, mean, rstd, affine, affine + hidden, y + static_cast<size_t>(row) * hidden, lane);
 }
 
