@@ -145,62 +145,67 @@ __global__ void layernorm_kernel(const T* __restrict__ x, int rows, int hidden, 
 }
 
 // LayerNorm of the sum of a split-K GEMM's fp32 partial products, its bias and the residual: the GEMM's
-// epilogue and the LayerNorm after it in one pass over the rows. A lane requests its chunks of kGroup partials
-// at once (one L2 round trip per kGroup splits, not one per split and chunk).
+// epilogue and the LayerNorm after it in one pass over the rows. The loads are unconditional (chunk and split
+// indices clamped, the surplus weighted by zero) so that a lane's residual and kGroup splits of partials are all
+// requested before the first add: one L2 round trip per kGroup splits, where predicated loads let the compiler
+// serialize them (run 39: one round trip per split and chunk).
 template <typename T, int CH>
-__global__ void splitk_layernorm_kernel(const float* __restrict__ partial, int splits, int rows, int hidden,
+__global__ void __launch_bounds__(kRowsPerBlock * 32, 1) splitk_layernorm_kernel(const float* __restrict__ partial, int splits, int rows, int hidden,
                                         const T* __restrict__ bias, const T* __restrict__ residual,
                                         const T* __restrict__ gamma, const T* __restrict__ beta, float eps,
                                         T* __restrict__ y) {
   constexpr int kGroup = CH <= 4 ? 4 : CH <= 8 ? 2 : 1;  // splits summed per round trip (registers: 8·CH·kGroup)
   const T* affine = stage_affine(gamma, beta, hidden, bias);
   pdl_enter();
-  cp_async_wait<0>();
-  __syncthreads();
-  const int row = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
+  const int row = min(static_cast<int>(blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5)), rows - 1);
+  const bool live = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5) < rows;
   const int lane = threadIdx.x & 31;
-  if (row >= rows) return;
   const int chunks = hidden / 8;
   const size_t plane = static_cast<size_t>(rows) * hidden;
   const float* p = partial + static_cast<size_t>(row) * hidden;
   const T* res = residual + static_cast<size_t>(row) * hidden;
+  int at[CH];  // this lane's chunks, clamped into the row (a clamped chunk is loaded but never used)
+#pragma unroll
+  for (int c = 0; c < CH; ++c) at[c] = min(lane + c * 32, chunks - 1) * 8;
   float v[CH * 8];
 #pragma unroll
-  for (int c = 0; c < CH; ++c) {
-    const int chunk = lane + c * 32;
-    if (chunk >= chunks) continue;
-    float b[8];
-    load8(res + chunk * 8, &v[c * 8]);
-    load8(affine + 2 * hidden + chunk * 8, b);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) v[c * 8 + e] += b[e];
-  }
+  for (int c = 0; c < CH; ++c) load8(res + at[c], &v[c * 8]);
   for (int s0 = 0; s0 < splits; s0 += kGroup) {
     float4 q[kGroup][CH][2];
 #pragma unroll
     for (int g = 0; g < kGroup; ++g)
 #pragma unroll
       for (int c = 0; c < CH; ++c) {
-        const int chunk = lane + c * 32;
-        const bool ok = s0 + g < splits && chunk < chunks;
-        const float4* src = reinterpret_cast<const float4*>(p + (s0 + g) * plane + chunk * 8);
-        q[g][c][0] = ok ? src[0] : make_float4(0.f, 0.f, 0.f, 0.f);
-        q[g][c][1] = ok ? src[1] : make_float4(0.f, 0.f, 0.f, 0.f);
+        const float4* src = reinterpret_cast<const float4*>(p + min(s0 + g, splits - 1) * plane + at[c]);
+        q[g][c][0] = src[0];
+        q[g][c][1] = src[1];
       }
 #pragma unroll
-    for (int g = 0; g < kGroup; ++g)
+    for (int g = 0; g < kGroup; ++g) {
+      const float w = s0 + g < splits ? 1.0f : 0.0f;
 #pragma unroll
       for (int c = 0; c < CH; ++c) {
         float* o = &v[c * 8];
-        o[0] += q[g][c][0].x;
-        o[1] += q[g][c][0].y;
-        o[2] += q[g][c][0].z;
-        o[3] += q[g][c][0].w;
-        o[4] += q[g][c][1].x;
-        o[5] += q[g][c][1].y;
-        o[6] += q[g][c][1].z;
-        o[7] += q[g][c][1].w;
+        o[0] += w * q[g][c][0].x;
+        o[1] += w * q[g][c][0].y;
+        o[2] += w * q[g][c][0].z;
+        o[3] += w * q[g][c][0].w;
+        o[4] += w * q[g][c][1].x;
+        o[5] += w * q[g][c][1].y;
+        o[6] += w * q[g][c][1].z;
+        o[7] += w * q[g][c][1].w;
       }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // gamma, beta and bias are in shared memory
+  if (!live) return;
+#pragma unroll
+  for (int c = 0; c < CH; ++c) {
+    float b[8];
+    load8(affine + 2 * hidden + at[c], b);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[c * 8 + e] += b[e];
   }
   float mean, rstd;
   layernorm_row<CH>(v, hidden, [](int, float*) {}, eps, lane, mean, rstd);  // v already holds the row
