@@ -16,6 +16,7 @@
 //   ET_HOPPER_GEMM_MAX_ROWS  fp16 batches of at most this many token rows run their dense GEMMs through CUTLASS's
 //                          Hopper kernels (launched early; O and FFN2 split-K, summed by the LayerNorm kernel)
 //                          when the library was built with them (sm_90 only); 0: cuBLASLt for every batch
+//   ET_HOPPER_SPLIT_WAVES  split-K slices of O and FFN2 on that path: as many as fit this many waves of CTAs (1)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -41,11 +42,12 @@ namespace cuda {
 namespace {
 
 // Stored tiled below this density and run tile-sparse for batches of at most kDefaultSparseMaxRows token rows:
-// measured on an H100 (NOTES.md, session 6 run 38), against the dense path at 128 rows (CUTLASS, launched early)
-// the tile-sparse kernel on the zero-filled weights is even at density 0.05 (-1%) and slower from 0.1 (+10%;
-// 0.15: +21%, 0.2: +37%), and it loses at 1024 rows and more at every density measured (session 3), so larger
-// batches take the dense GEMMs. (Against cuBLASLt, before the CUTLASS path, it won up to 0.15: session 3 run 19.)
-constexpr double kDefaultSparseMaxDensity = 0.07;
+// measured on an H100 (NOTES.md, session 6 runs 38 and 40), against the dense path at 128 rows (CUTLASS, launched
+// early) the tile-sparse kernel on the zero-filled weights is even or slower at density 0.05 (-1%, +3.5%) and slower
+// from 0.1 (+10-19%; 0.2: +37%), and it loses at 1024 rows and more at every density measured (session 3), so larger
+// batches take the dense GEMMs. Nothing below 0.05 was measured: 0.04 keeps only weights over 96% sparse on it.
+// (Against cuBLASLt, before the CUTLASS path, it won up to 0.15: session 3 run 19.)
+constexpr double kDefaultSparseMaxDensity = 0.04;
 constexpr int64_t kDefaultSparseMaxRows = 128;
 constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention switch point"
 constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)
@@ -223,6 +225,10 @@ class CudaEngine final : public Backend {
 #else
     (void)hopper_rows;
 #endif
+    const int split_waves = static_cast<int>(env_number("ET_HOPPER_SPLIT_WAVES", 1));
+    if (split_waves < 1 || split_waves > 8)
+      throw Error(ET_ERR_INVALID_ARGUMENT, "ET_HOPPER_SPLIT_WAVES must be 1 to 8");
+    split_ctas_ = split_waves * prop.multiProcessorCount;
 
     const Model& m = *model_;
     prepared_ = prepare_model(m, max_density);
@@ -392,7 +398,7 @@ class CudaEngine final : public Backend {
     if (served > 0)
       for (const DeviceLayer<T>& L : layers_)
         for (const DeviceLinear<T>* l : {&L.o, &L.ffn2})
-          splits = std::max<size_t>(splits, hopper::split_count(1, l->n, l->k, sparse_dev_.num_sms));
+          splits = std::max<size_t>(splits, hopper::split_count(1, l->n, l->k, split_ctas_));
 #endif
     return splits * static_cast<size_t>(served) * model_->cfg.hidden;
   }
@@ -420,7 +426,7 @@ class CudaEngine final : public Backend {
     const float eps = model_->cfg.layer_norm_eps;
 #ifdef ET_WITH_HOPPER_GEMM
     if constexpr (std::is_same_v<T, __half>) {
-      const int splits = hopper::split_count(m, l.n, l.k, sparse_dev_.num_sms);
+      const int splits = hopper::split_count(m, l.n, l.k, split_ctas_);
       if (runs_hopper(l, m) && l.n == model_->cfg.hidden &&
           hopper::gemm_split_k(l.weight.template as<T>(), x, ws_.partial.as<float>(), m, l.n, l.k, splits,
                                layer_stream())) {
@@ -515,6 +521,7 @@ class CudaEngine final : public Backend {
   Epilogue gelu_ = Epilogue::kBiasGeluTanh;
   int64_t sparse_max_rows_ = kDefaultSparseMaxRows;
   int64_t hopper_max_rows_ = -1;  // -1: no CUTLASS path (not built, not sm_90, or bf16)
+  int split_ctas_ = 0;            // most CTAs of a split-K GEMM (ET_HOPPER_SPLIT_WAVES x SMs)
   PreparedModel prepared_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DenseGemm> gemm_;

@@ -100,13 +100,13 @@ bool gemm_split_k(const __half* w, const __half* x, float* partial, int m, int n
   return PartialKernel::run(w, x, partial, m, n, k, k / splits, splits, [](auto&) {}, s, "split-K GEMM");
 }
 
-int split_count(int m, int n, int k, int num_sms) {
+int split_count(int m, int n, int k, int max_ctas) {
   if (k % kStepK != 0) return 1;
   const int tiles = ((n + 63) / 64) * ((m + 63) / 64);
   const int steps = k / kStepK;
   int best = 1;
   for (int d = 1; d <= steps; ++d)
-    if (steps % d == 0 && tiles * d <= num_sms) best = d;
+    if (steps % d == 0 && tiles * d <= max_ctas) best = d;
   return best;
 }
 

@@ -23,8 +23,8 @@ bool gemm(const __half* w, const __half* x, const __half* bias, __half* y, int m
 bool gemm_split_k(const __half* w, const __half* x, float* partial, int m, int n, int k, int splits,
                   const Stream& s);
 
-// Split count for gemm_split_k on num_sms SMs: the largest divisor of k's 64-column steps whose slices still
-// fit the output tiles into one wave (1 when k is not a multiple of 64).
-int split_count(int m, int n, int k, int num_sms);
+// Split count for gemm_split_k: the largest divisor of k's 64-column steps for which the output tiles times the
+// slices stay within max_ctas (1 when k is not a multiple of 64).
+int split_count(int m, int n, int k, int max_ctas);
 
 }  // namespace et::cuda::hopper
