@@ -14,8 +14,7 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   loads        dense b1/b32 in four more engine loads of the same model: the spread over the process's lifetime
   variants     dense/b1/ragged with the exact erf GELU pass (ET_EXACT_GELU=1), without programmatic dependent
                launch (ET_PDL=0), with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0), and with the
-               CUTLASS GEMMs for no batch / every batch (ET_HOPPER_GEMM_MAX_ROWS=0 / 1e9; default: <= 256 rows),
-               and their split-K slices filling two waves of CTAs (ET_HOPPER_SPLIT_WAVES=2)
+               CUTLASS GEMMs for no batch / every batch (ET_HOPPER_GEMM_MAX_ROWS=0 / 1e9; default: <= 256 rows)
   attention    (--attention) whole-sequence vs streaming operator by length and on the ragged batch
                (the ET_ATTN_SHORT_MAX switch)
 Each timing: 10 warm-up + median of 50 CUDA-event-timed runs, measured twice. Writes --json and
@@ -147,12 +146,11 @@ def main() -> int:
     p.results["load_spread"] = {tag: {"min": min(v), "max": max(v)} for tag, v in spread.items()}
     # the same rows with one engine choice switched: exact erf GELU pass instead of the fused tanh form,
     # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush),
-    # cuBLASLt / CUTLASS for every dense GEMM, split-K over two waves of CTAs
+    # cuBLASLt / CUTLASS for every dense GEMM
     for tag, knob in (("exact-erf GELU pass", {"ET_EXACT_GELU": "1"}), ("no early launch", {"ET_PDL": "0"}),
                       ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"}),
                       ("cuBLASLt for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "0"}),
-                      ("CUTLASS for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "1000000000"}),
-                      ("split-K over two waves", {"ET_HOPPER_SPLIT_WAVES": "2"})):
+                      ("CUTLASS for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "1000000000"})):
         with env(**knob), Engine(p.lib, dense, backend="cuda") as eng:
             p.record(f"dense b32 s128 {tag}", p.engine_ms(eng, b32), f32)
             p.record(f"dense b1 s128 {tag}", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))

@@ -16,7 +16,6 @@
 //   ET_HOPPER_GEMM_MAX_ROWS  fp16 batches of at most this many token rows run their dense GEMMs through CUTLASS's
 //                          Hopper kernels (launched early; O and FFN2 split-K, summed by the LayerNorm kernel)
 //                          when the library was built with them (sm_90 only); 0: cuBLASLt for every batch
-//   ET_HOPPER_SPLIT_WAVES  split-K slices of O and FFN2 on that path: as many as fit this many waves of CTAs (1)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -225,10 +224,7 @@ class CudaEngine final : public Backend {
 #else
     (void)hopper_rows;
 #endif
-    const int split_waves = static_cast<int>(env_number("ET_HOPPER_SPLIT_WAVES", 1));
-    if (split_waves < 1 || split_waves > 8)
-      throw Error(ET_ERR_INVALID_ARGUMENT, "ET_HOPPER_SPLIT_WAVES must be 1 to 8");
-    split_ctas_ = split_waves * prop.multiProcessorCount;
+    split_ctas_ = prop.multiProcessorCount;  // one wave (NOTES.md, run 41: two waves of K slices were slower)
 
     const Model& m = *model_;
     prepared_ = prepare_model(m, max_density);
@@ -521,7 +517,7 @@ class CudaEngine final : public Backend {
   Epilogue gelu_ = Epilogue::kBiasGeluTanh;
   int64_t sparse_max_rows_ = kDefaultSparseMaxRows;
   int64_t hopper_max_rows_ = -1;  // -1: no CUTLASS path (not built, not sm_90, or bf16)
-  int split_ctas_ = 0;            // most CTAs of a split-K GEMM (ET_HOPPER_SPLIT_WAVES x SMs)
+  int split_ctas_ = 0;            // most CTAs of a split-K GEMM (one wave: the SMs)
   PreparedModel prepared_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DenseGemm> gemm_;
