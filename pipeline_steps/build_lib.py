@@ -106,6 +106,7 @@ def cmake_build(build_dir: Path, cuda: str = "AUTO", build_type: str = "Release"
     return {
         "lib": lib, "exe": exe, "log": "\n".join(log),
         "backend": "cuda" if "cuda=ON" in info else "cpu",
+        "hopper_gemm": "hopper_gemm=ON" in info,
         "cxx_compiler": _version([compiler.group(1), "--version"]) if compiler else "unknown",
         "cuda_compiler": _version([nvcc.group(1), "--version"]) if nvcc and nvcc.group(1).strip() else "none",
         "configure_s": t1 - t0, "build_s": t2 - t1,
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                        "cuda_compiler": result["cuda_compiler"] if result["backend"] == "cuda" else "not used",
                        "nvcc_found": result["cuda_compiler"], "et_cuda": cuda, "build_type": build_type,
                        "configure_s": round(result["configure_s"], 3), "build_s": round(result["build_s"], 3),
-                       "cuda_built": 1.0 if result["backend"] == "cuda" else 0.0}
+                       "cuda_built": 1.0 if result["backend"] == "cuda" else 0.0,
+                       "hopper_gemm_built": 1.0 if result["hopper_gemm"] else 0.0}
             stage.write_json(tmp / stage.METRICS_FILE, metrics)
         run.log_metrics(metrics)
         run.set_tags({"built_backend": result["backend"], "cxx_compiler": result["cxx_compiler"],
