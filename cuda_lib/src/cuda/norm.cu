@@ -2,6 +2,8 @@
 // epilogue already added bias and residual: residual + LayerNorm cost one pass), exact GELU,
 // pooler + classifier, fp32 row gather.
 // One warp per row, 16-byte accesses, statistics in fp32 from registers (two-pass variance).
+#include <type_traits>
+
 #include "kernels.h"
 
 namespace et::cuda {
@@ -150,10 +152,10 @@ __global__ void layernorm_kernel(const T* __restrict__ x, int rows, int hidden, 
 // requested before the first add: one L2 round trip per kGroup splits, where predicated loads let the compiler
 // serialize them (run 39: one round trip per split and chunk).
 template <typename T, int CH>
-__global__ void __launch_bounds__(kRowsPerBlock * 32, 1) splitk_layernorm_kernel(const float* __restrict__ partial, int splits, int rows, int hidden,
-                                        const T* __restrict__ bias, const T* __restrict__ residual,
-                                        const T* __restrict__ gamma, const T* __restrict__ beta, float eps,
-                                        T* __restrict__ y) {
+__global__ void __launch_bounds__(kRowsPerBlock * 32, 1)
+    splitk_layernorm_kernel(const float* __restrict__ partial, int splits, int rows, int hidden,
+                            const T* __restrict__ bias, const T* __restrict__ residual, const T* __restrict__ gamma,
+                            const T* __restrict__ beta, float eps, T* __restrict__ y) {
   constexpr int kGroup = CH <= 4 ? 4 : CH <= 8 ? 2 : 1;  // splits summed per round trip (registers: 8·CH·kGroup)
   const T* affine = stage_affine(gamma, beta, hidden, bias);
   pdl_enter();
@@ -303,35 +305,16 @@ int row_chunks(int hidden) {
   throw Error(ET_ERR_UNSUPPORTED, "CUDA backend: hidden size " + std::to_string(hidden) + " > 4096");
 }
 
-// The row kernels instantiated for a row of `ch` chunks per lane.
-template <typename T>
-auto layernorm_for(int ch) {
+// The instance of a row kernel for a row of `ch` chunks per lane: pick(std::integral_constant<int, CH>) returns
+// the kernel instantiated for CH, for CH one of row_chunks()'s sizes.
+template <typename Pick>
+auto for_chunks(int ch, Pick pick) {
   switch (ch) {
-    case 1: return layernorm_kernel<T, 1>;
-    case 2: return layernorm_kernel<T, 2>;
-    case 4: return layernorm_kernel<T, 4>;
-    case 8: return layernorm_kernel<T, 8>;
-    default: return layernorm_kernel<T, 16>;
-  }
-}
-template <typename T>
-auto splitk_layernorm_for(int ch) {
-  switch (ch) {
-    case 1: return splitk_layernorm_kernel<T, 1>;
-    case 2: return splitk_layernorm_kernel<T, 2>;
-    case 4: return splitk_layernorm_kernel<T, 4>;
-    case 8: return splitk_layernorm_kernel<T, 8>;
-    default: return splitk_layernorm_kernel<T, 16>;
-  }
-}
-template <typename T>
-auto embed_layernorm_for(int ch) {
-  switch (ch) {
-    case 1: return embed_layernorm_kernel<T, 1>;
-    case 2: return embed_layernorm_kernel<T, 2>;
-    case 4: return embed_layernorm_kernel<T, 4>;
-    case 8: return embed_layernorm_kernel<T, 8>;
-    default: return embed_layernorm_kernel<T, 16>;
+    case 1: return pick(std::integral_constant<int, 1>{});
+    case 2: return pick(std::integral_constant<int, 2>{});
+    case 4: return pick(std::integral_constant<int, 4>{});
+    case 8: return pick(std::integral_constant<int, 8>{});
+    default: return pick(std::integral_constant<int, 16>{});
   }
 }
 
@@ -349,22 +332,27 @@ template <typename T>
 void embed_layernorm(const int32_t* tok, const int32_t* seg, const int32_t* pos, int rows, int hidden, const T* word,
                      const T* posemb, const T* type, const T* gamma, const T* beta, float eps, T* x,
                      const Stream& s) {
-  launch("embed_layernorm", embed_layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32),
-         affine_smem<T>(hidden), s, tok, seg, pos, rows, hidden, word, posemb, type, gamma, beta, eps, x);
+  const auto kernel =
+      for_chunks(row_chunks(hidden), [](auto ch) { return embed_layernorm_kernel<T, decltype(ch)::value>; });
+  launch("embed_layernorm", kernel, row_grid(rows), dim3(kRowsPerBlock * 32), affine_smem<T>(hidden), s, tok, seg, pos,
+         rows, hidden, word, posemb, type, gamma, beta, eps, x);
 }
 
 template <typename T>
 void layernorm(const T* x, int rows, int hidden, const T* gamma, const T* beta, float eps, T* y, const Stream& s) {
-  launch("layernorm", layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32),
-         affine_smem<T>(hidden), s, x, rows, hidden, gamma, beta, eps, y);
+  const auto kernel = for_chunks(row_chunks(hidden), [](auto ch) { return layernorm_kernel<T, decltype(ch)::value>; });
+  launch("layernorm", kernel, row_grid(rows), dim3(kRowsPerBlock * 32), affine_smem<T>(hidden), s, x, rows, hidden,
+         gamma, beta, eps, y);
 }
 
 template <typename T>
 void splitk_layernorm(const float* partial, int splits, int rows, int hidden, const T* bias, const T* residual,
                       const T* gamma, const T* beta, float eps, T* y, const Stream& s) {
-  launch("splitk_layernorm", splitk_layernorm_for<T>(row_chunks(hidden)), row_grid(rows), dim3(kRowsPerBlock * 32),
-         3 * static_cast<size_t>(hidden) * sizeof(T), s, partial, splits, rows, hidden, bias, residual, gamma, beta,
-         eps, y);
+  const auto kernel =
+      for_chunks(row_chunks(hidden), [](auto ch) { return splitk_layernorm_kernel<T, decltype(ch)::value>; });
+  const size_t smem = 3 * static_cast<size_t>(hidden) * sizeof(T);  // gamma, beta, bias
+  launch("splitk_layernorm", kernel, row_grid(rows), dim3(kRowsPerBlock * 32), smem, s, partial, splits, rows, hidden,
+         bias, residual, gamma, beta, eps, y);
 }
 
 template <typename T>
