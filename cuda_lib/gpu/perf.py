@@ -83,12 +83,16 @@ class Perf:
                                                        iters=self.iters, graph=graph), dtype=np.float64)
                               for _ in range(2)])
 
+    def engine_row(self, key: str, eng: Engine, lengths: np.ndarray, padded: bool = False, graph: bool = True,
+                   density: float = 1.0) -> dict:
+        """Time one batch of ``lengths`` on ``eng`` and record it under ``key`` with its forward's FLOPs."""
+        return self.record(key, self.engine_ms(eng, lengths, padded=padded, graph=graph),
+                           bench.forward_flops(DIMS, lengths, padded, density))
+
     def ragged_pair(self, eng: Engine, lengths: np.ndarray, prefix: str = "", suffix: str = "") -> dict:
         """Time ``lengths`` packed and padded; the packed row, with its padded/packed ratio added."""
-        packed = self.record(f"{prefix}ragged U[16,128] b32 packed{suffix}", self.engine_ms(eng, lengths),
-                             bench.forward_flops(DIMS, lengths, False))
-        padded = self.record(f"{prefix}ragged U[16,128] b32 padded{suffix}",
-                             self.engine_ms(eng, lengths, padded=True), bench.forward_flops(DIMS, lengths, True))
+        packed = self.engine_row(f"{prefix}ragged U[16,128] b32 packed{suffix}", eng, lengths)
+        padded = self.engine_row(f"{prefix}ragged U[16,128] b32 padded{suffix}", eng, lengths, padded=True)
         packed["padded_over_packed"] = padded["ms_median"] / packed["ms_median"]
         return packed
 
@@ -125,24 +129,22 @@ def main() -> int:
     ragged = p.rng.integers(16, 129, 32).astype(np.int32)
     f32 = bench.forward_flops(DIMS, b32, padded=False)
     with Engine(p.lib, dense, backend="cuda") as eng:
-        p.record("dense b32 s128 (graph)", p.engine_ms(eng, b32), f32)
-        p.record("dense b32 s128 (no graph)", p.engine_ms(eng, b32, graph=False), f32)
-        p.record("dense b1 s128 (graph)", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
-        p.record("dense b1 s128 (no graph)", p.engine_ms(eng, b1, graph=False), bench.forward_flops(DIMS, b1, False))
+        for lens in (b32, b1):
+            p.engine_row(f"dense b{lens.size} s128 (graph)", eng, lens)
+            p.engine_row(f"dense b{lens.size} s128 (no graph)", eng, lens, graph=False)
         p.results["ragged_speedup"] = {"padded_over_packed": p.ragged_pair(eng, ragged)["padded_over_packed"]}
         for lens in (b2, b8):
-            p.record(f"dense b{lens.size} s128 (graph)", p.engine_ms(eng, lens), bench.forward_flops(DIMS, lens, False))
+            p.engine_row(f"dense b{lens.size} s128 (graph)", eng, lens)
         for seq in (64, 256, 512):
             lens = np.full(32 if seq < 512 else 8, seq, np.int32)
-            p.record(f"dense b{lens.size} s{seq} (graph)", p.engine_ms(eng, lens), bench.forward_flops(DIMS, lens, False))
+            p.engine_row(f"dense b{lens.size} s{seq} (graph)", eng, lens)
     # four more engine loads of the same model: the spread over the process's lifetime (NOTES.md, run 30: the GPU
     # slows ~7% at batch 1 after seconds of sustained load, every engine alike)
     spread = {"b1": [], "b32": []}
     for k in range(1, 5):
         with Engine(p.lib, dense, backend="cuda") as eng:
             for tag, lens in (("b1", b1), ("b32", b32)):
-                fl = bench.forward_flops(DIMS, lens, False)
-                spread[tag].append(p.record(f"dense {tag} s128 load {k}", p.engine_ms(eng, lens), fl)["ms_median"])
+                spread[tag].append(p.engine_row(f"dense {tag} s128 load {k}", eng, lens)["ms_median"])
     p.results["load_spread"] = {tag: {"min": min(v), "max": max(v)} for tag, v in spread.items()}
     # the same rows with one engine choice switched: exact erf GELU pass instead of the fused tanh form,
     # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush),
@@ -152,28 +154,24 @@ def main() -> int:
                       ("cuBLASLt for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "0"}),
                       ("CUTLASS for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "1000000000"})):
         with env(**knob), Engine(p.lib, dense, backend="cuda") as eng:
-            p.record(f"dense b32 s128 {tag}", p.engine_ms(eng, b32), f32)
-            p.record(f"dense b1 s128 {tag}", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
+            for lens in (b32, b1):
+                p.engine_row(f"dense b{lens.size} s128 {tag}", eng, lens)
             p.ragged_pair(eng, ragged, suffix=f" {tag}")
             if any(k.startswith("ET_HOPPER") for k in knob):  # the CUTLASS-path variants at 2 and 8 x 128 rows too
                 for lens in (b2, b8):
-                    p.record(f"dense b{lens.size} s128 {tag}", p.engine_ms(eng, lens),
-                             bench.forward_flops(DIMS, lens, False))
+                    p.engine_row(f"dense b{lens.size} s128 {tag}", eng, lens)
     with env(ET_GEMM_TUNE="1"), Engine(p.lib, dense, backend="cuda") as eng:  # cuBLASLt heuristic's first choice
-        p.record("dense b32 s128 untuned cuBLASLt", p.engine_ms(eng, b32), f32)
-        p.record("dense b1 s128 untuned cuBLASLt", p.engine_ms(eng, b1), bench.forward_flops(DIMS, b1, False))
-        p.record("ragged U[16,128] b32 packed untuned cuBLASLt", p.engine_ms(eng, ragged),
-                 bench.forward_flops(DIMS, ragged, False))
+        for lens in (b32, b1):
+            p.engine_row(f"dense b{lens.size} s128 untuned cuBLASLt", eng, lens)
+        p.engine_row("ragged U[16,128] b32 packed untuned cuBLASLt", eng, ragged)
     with Engine(p.lib, dense, backend="cuda", precision="bf16") as eng:
-        p.record("dense b32 s128 bf16", p.engine_ms(eng, b32), f32)
+        p.engine_row("dense b32 s128 bf16", eng, b32)
 
     # attention operators: whole-sequence (short) vs streaming (long), by sequence length and on the ragged batch
     for name, short_max in (("short", "128"), ("long", "0")) if args.attention else ():
         with env(ET_ATTN_SHORT_MAX=short_max), Engine(p.lib, dense, backend="cuda") as eng:
             for batch, seq in ((32, 16), (32, 32), (32, 64), (32, 96), (32, 128), (1, 64), (1, 128)):
-                lens = np.full(batch, seq, np.int32)
-                p.record(f"attention {name} b{batch} s{seq}", p.engine_ms(eng, lens),
-                         bench.forward_flops(DIMS, lens, False))
+                p.engine_row(f"attention {name} b{batch} s{seq}", eng, np.full(batch, seq, np.int32))
             p.ragged_pair(eng, ragged, prefix=f"attention {name} ")
 
     # tile sparsity: the sparse kernel vs cuBLASLt on the same pruned weights (batch 32, 8 and 1 x 128
@@ -184,15 +182,13 @@ def main() -> int:
     for density in densities:
         manifest = p.export(model, density, f"d{density:g}")
         for lens in (b32, b8, b1):
-            fl = bench.forward_flops(DIMS, lens, False, density)
             for name, thr in (("tile-sparse", "2"), ("dense", "0")):
                 with env(ET_SPARSE_MAX_DENSITY=thr, ET_SPARSE_MAX_ROWS="1000000000"), \
                         Engine(p.lib, manifest, backend="cuda") as eng:
-                    p.record(f"density {density:g} {name} b{lens.size} s128", p.engine_ms(eng, lens), fl)
+                    p.engine_row(f"density {density:g} {name} b{lens.size} s128", eng, lens, density=density)
         with Engine(p.lib, manifest, backend="cuda") as eng:  # the default thresholds' choice
             for lens in (b32, b1):
-                r = p.record(f"density {density:g} default b{lens.size} s128", p.engine_ms(eng, lens),
-                             bench.forward_flops(DIMS, lens, False, density))
+                r = p.engine_row(f"density {density:g} default b{lens.size} s128", eng, lens, density=density)
             r["speedup_vs_dense_b1"] = p.results["dense b1 s128 (graph)"]["ms_median"] / r["ms_median"]
         p.results[f"density {density:g} default b32 s128"]["speedup_vs_dense"] = \
             dense_ms / p.results[f"density {density:g} default b32 s128"]["ms_median"]
@@ -201,8 +197,8 @@ def main() -> int:
                 with env(ET_SPARSE_MAX_DENSITY="2", ET_SPARSE_MAX_ROWS="1000000000", ET_SPARSE_BM=bm), \
                         Engine(p.lib, manifest, backend="cuda") as eng:
                     for lens in (b32, b1):
-                        p.record(f"density {density:g} tile-sparse BM {bm} b{lens.size}", p.engine_ms(eng, lens),
-                                 bench.forward_flops(DIMS, lens, False, density))
+                        p.engine_row(f"density {density:g} tile-sparse BM {bm} b{lens.size}", eng, lens,
+                                     density=density)
 
     # PyTorch peers at the headline shape
     inputs = [bench.padded_inputs(*bench.random_batch(p.rng, b32, model.config.vocab_size), b32, "cuda")
