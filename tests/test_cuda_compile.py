@@ -59,13 +59,12 @@ def _compile(src: Path, out_dir: Path, extra: tuple[str, ...] = ()) -> subproces
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("cuda_obj")
-    todo = [s for s in SOURCES if (_cublas_headers() or "cublasLt.h" not in _includes(s))
-            and (s.name != HOPPER or _cutlass_include())]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        done = dict(zip((s.name for s in todo), pool.map(lambda s: _compile(s, out), todo)))
+    jobs = {s.name: (s, ()) for s in SOURCES if (_cublas_headers() or "cublasLt.h" not in _includes(s))
+            and (s.name != HOPPER or _cutlass_include())}
     if _cutlass_include():  # the engine with the CUTLASS path compiled in
-        done["cuda_backend.cu with hopper"] = _compile(CUDA_DIR / "cuda_backend.cu", out, ("-DET_WITH_HOPPER_GEMM",))
-    return done
+        jobs["cuda_backend.cu with hopper"] = (CUDA_DIR / "cuda_backend.cu", ("-DET_WITH_HOPPER_GEMM",))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(jobs, pool.map(lambda job: _compile(job[0], out, job[1]), jobs.values())))
 
 
 def _includes(src: Path) -> str:
