@@ -102,7 +102,7 @@ EOF
   # failed with a hardware exception under the tool (NOTES.md, session 3 runs 16 and 19). The batch's longest
   # sequence (150) takes the streaming attention operator; --short runs its first three sequences (longest 40),
   # which take the whole-sequence one. The default packed run (210 rows) takes the CUTLASS GEMMs and the split-K
-  # LayerNorm; "$ALL_CUTLASS" forces them on the padded batch (600 rows) too, and racechecks it with CUTLASS's own
+  # LayerNorm; $all_cutlass forces them on the padded batch (600 rows) too, and racechecks it with CUTLASS's own
   # kernels excluded (TMA and mbarriers, like cuBLASLt's): the split-K LayerNorm and the rest are checked.
   local sparse=("$ALL_TILE_SPARSE" "$ALL_TILE_SPARSE ET_SPARSE_BM=64 --padded" "$ALL_TILE_SPARSE ET_SPARSE_BM=128 --padded"
                 "$ALL_TILE_SPARSE --short")

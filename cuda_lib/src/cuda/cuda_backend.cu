@@ -422,13 +422,14 @@ class CudaEngine final : public Backend {
     const float eps = model_->cfg.layer_norm_eps;
 #ifdef ET_WITH_HOPPER_GEMM
     if constexpr (std::is_same_v<T, __half>) {
-      const int splits = hopper::split_count(m, l.n, l.k, split_ctas_);
-      if (runs_hopper(l, m) && l.n == model_->cfg.hidden &&
-          hopper::gemm_split_k(l.weight.template as<T>(), x, ws_.partial.as<float>(), m, l.n, l.k, splits,
-                               layer_stream())) {
-        splitk_layernorm<T>(ws_.partial.as<float>(), splits, m, l.n, l.bias.template as<T>(), residual,
-                            gamma.as<T>(), beta.as<T>(), eps, y, layer_stream());
-        return;
+      if (runs_hopper(l, m) && l.n == model_->cfg.hidden) {
+        const int splits = hopper::split_count(m, l.n, l.k, split_ctas_);
+        if (hopper::gemm_split_k(l.weight.template as<T>(), x, ws_.partial.as<float>(), m, l.n, l.k, splits,
+                                 layer_stream())) {
+          splitk_layernorm<T>(ws_.partial.as<float>(), splits, m, l.n, l.bias.template as<T>(), residual,
+                              gamma.as<T>(), beta.as<T>(), eps, y, layer_stream());
+          return;
+        }
       }
     }
 #endif
