@@ -14,7 +14,8 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   loads        dense b1/b32 in four more engine loads of the same model: the spread over the process's lifetime
   variants     dense/b1/ragged with the exact erf GELU pass (ET_EXACT_GELU=1), without programmatic dependent
                launch (ET_PDL=0), with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0), and with the
-               CUTLASS GEMMs for no batch / every batch (ET_HOPPER_GEMM_MAX_ROWS=0 / 1e9; default: <= 256 rows)
+               CUTLASS GEMMs for no batch / every batch (ET_HOPPER_GEMM_MAX_ROWS=0 / 1e9; default: <= 256 rows),
+               and with fewer split-K CTAs on the CUTLASS path (ET_HOPPER_SPLIT_CTAS=66 / 24; default: the SMs)
   attention    (--attention) whole-sequence vs streaming operator by length and on the ragged batch
                (the ET_ATTN_SHORT_MAX switch)
 Each timing: 10 warm-up + median of 50 CUDA-event-timed runs, measured twice. Writes --json and
@@ -148,11 +149,13 @@ def main() -> int:
     p.results["load_spread"] = {tag: {"min": min(v), "max": max(v)} for tag, v in spread.items()}
     # the same rows with one engine choice switched: exact erf GELU pass instead of the fused tanh form,
     # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush),
-    # cuBLASLt / CUTLASS for every dense GEMM
+    # cuBLASLt / CUTLASS for every dense GEMM, fewer split-K CTAs on the CUTLASS path
     for tag, knob in (("exact-erf GELU pass", {"ET_EXACT_GELU": "1"}), ("no early launch", {"ET_PDL": "0"}),
                       ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"}),
                       ("cuBLASLt for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "0"}),
-                      ("CUTLASS for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "1000000000"})):
+                      ("CUTLASS for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "1000000000"}),
+                      ("split-K over 66 CTAs", {"ET_HOPPER_SPLIT_CTAS": "66"}),
+                      ("split-K over 24 CTAs", {"ET_HOPPER_SPLIT_CTAS": "24"})):
         with env(**knob), Engine(p.lib, dense, backend="cuda") as eng:
             for lens in (b32, b1):
                 p.engine_row(f"dense b{lens.size} s128 {tag}", eng, lens)

@@ -141,21 +141,27 @@ model = random_bert.make_model("bert-base", vocab=30522, seed=11)
 random_bert.export(model, random_bert.random_pruning(model, 1.0), out / "dense", dtype="float16")
 sparse = random_bert.make_model("bert-base", vocab=30522, seed=11)
 random_bert.export(sparse, random_bert.random_pruning(sparse, 0.2, seed=200), out / "s80", dtype="float16")
+import numpy as np  # perf.py's ragged batch: 32 lengths U[16, 128]
+lengths = np.random.default_rng(5).integers(16, 129, 32).astype(np.int32)
+np.save(out / "ragged_lengths.npy", lengths)
+np.save(out / "ragged_tokens.npy", np.random.default_rng(6).integers(0, 30522, lengths.sum()).astype(np.int32))
 EOF
   local metrics=gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
   # per-kernel times of one graph-replayed forward, caches not flushed (the summary keeps the last of the three
   # forwards); the 80% model's layers all through the tile-sparse kernel. ncu runs each kernel alone, with its
   # whole launch ramp and drain, so the sum exceeds the graph's forward (NOTES.md, run 21): read shares, not gaps.
   local cases run
-  IFS=, read -ra cases <<< "${NCU_CASES:-dense 32,dense 1,s80 32}"  # model batch, ...
+  # model batch [padded], ...; batch "ragged": perf.py's ragged batch (32 lengths U[16, 128]), packed or padded
+  IFS=, read -ra cases <<< "${NCU_CASES:-dense 32,dense 1,s80 32}"
   for run in "${cases[@]}"; do
     set -- $run
-    local knobs=()
+    local knobs=() batch=(--batch "$2" --seq 128)
     [ "$1" = s80 ] && knobs=($ALL_TILE_SPARSE)
+    [ "$2" = ragged ] && batch=(--tokens "$dir/ragged_tokens.npy" --lengths "$dir/ragged_lengths.npy" ${3:+--padded})
+    local csv="$OUT/ncu_$1_b$2${3:+_$3}.csv"
     env "${knobs[@]}" ncu --clock-control none --cache-control none --csv --page raw --metrics "$metrics" "$EXE" \
-        "$dir/$1/weights.txt" "$dir/$1" --backend cuda --batch "$2" --seq 128 --iters 2 --warmup 1 \
-        > "$OUT/ncu_$1_b$2.csv" 2>&1 || return 1
-    python3 cuda_lib/gpu/ncu_summary.py "$OUT/ncu_$1_b$2.csv"
+        "$dir/$1/weights.txt" "$dir/$1" --backend cuda "${batch[@]}" --iters 2 --warmup 1 > "$csv" 2>&1 || return 1
+    python3 cuda_lib/gpu/ncu_summary.py "$csv"
   done
   # one kernel in detail: NCU_DETAIL="kernel-regex model batch" (default: the tile-sparse GEMM, 80% model, b32)
   set -- ${NCU_DETAIL:-tile_sparse s80 32}

@@ -16,6 +16,7 @@
 //   ET_HOPPER_GEMM_MAX_ROWS  fp16 batches of at most this many token rows run their dense GEMMs through CUTLASS's
 //                          Hopper kernels (launched early; O and FFN2 split-K, summed by the LayerNorm kernel)
 //                          when the library was built with them (sm_90 only); 0: cuBLASLt for every batch
+//   ET_HOPPER_SPLIT_CTAS   most CTAs of a split-K GEMM on that path (default: the GPU's multiprocessors)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -224,7 +225,9 @@ class CudaEngine final : public Backend {
 #else
     (void)hopper_rows;
 #endif
-    split_ctas_ = prop.multiProcessorCount;  // one wave (NOTES.md, run 41: two waves of K slices were slower)
+    sms_ = prop.multiProcessorCount;
+    // one wave by default (NOTES.md, run 41: two waves of K slices were slower)
+    split_ctas_ = std::max(1, static_cast<int>(env_number("ET_HOPPER_SPLIT_CTAS", sms_)));
 
     const Model& m = *model_;
     prepared_ = prepare_model(m, max_density);
@@ -407,7 +410,7 @@ class CudaEngine final : public Backend {
 #ifdef ET_WITH_HOPPER_GEMM
     if constexpr (std::is_same_v<T, __half>)
       if (runs_hopper(l, m) && hopper::gemm(l.weight.template as<T>(), x, l.bias.template as<T>(), y, m, l.n, l.k,
-                                            epi, layer_stream()))
+                                            epi, sms_, layer_stream()))
         return;
 #endif
     gemm_->run<T>(l.weight.template as<T>(), x, l.bias.template as<T>(), residual, y, m, l.n, l.k, epi,
@@ -518,7 +521,8 @@ class CudaEngine final : public Backend {
   Epilogue gelu_ = Epilogue::kBiasGeluTanh;
   int64_t sparse_max_rows_ = kDefaultSparseMaxRows;
   int64_t hopper_max_rows_ = -1;  // -1: no CUTLASS path (not built, not sm_90, or bf16)
-  int split_ctas_ = 0;            // most CTAs of a split-K GEMM (one wave: the SMs)
+  int sms_ = 0;                   // the GPU's multiprocessors
+  int split_ctas_ = 0;            // most CTAs of a split-K GEMM
   PreparedModel prepared_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DenseGemm> gemm_;

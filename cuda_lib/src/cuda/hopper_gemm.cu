@@ -1,9 +1,10 @@
 // CUTLASS Hopper GEMMs for small batches (see hopper_gemm.h). CUTLASS computes in the column-major view
 // y^T[n, m] = w[n, k] . x^T[k, m]: its M is the output features (W row-major, K-major, as A), its N the token
 // rows (X row-major = X^T column-major, K-major, as B) and D = y^T column-major is y row-major, so the
-// per-output-feature bias is CUTLASS's per-row bias. Tiles of 64 features x 64 rows x 64 K (one consumer
-// warpgroup): a batch of 128 rows gets 24-96 tiles on BERT-base shapes. Split-K runs the K slices as CUTLASS's
-// batch mode (L), each slice writing its own fp32 partial, summed by the kernel after it.
+// per-output-feature bias is CUTLASS's per-row bias. Two tile shapes (cuda_lib/NOTES.md, run 45): 64 features x
+// 64 rows x 64 K (one consumer warpgroup) while its tiles fit in one wave of CTAs, else 128 features x 64 rows
+// (two cooperative consumer warpgroups), which halves the tiles. Split-K runs the K slices as CUTLASS's batch mode
+// (L), each slice writing its own fp32 partial, summed by the kernel after it; it always takes the 64 x 64 tiles.
 #include "hopper_gemm.h"
 
 #ifndef CUTLASS_ENABLE_GDC_FOR_SM90
@@ -28,24 +29,37 @@ using Half = cutlass::half_t;
 using LayoutA = cutlass::layout::RowMajor;     // w [n, k]
 using LayoutB = cutlass::layout::ColumnMajor;  // x^T [k, m]
 using LayoutD = cutlass::layout::ColumnMajor;  // y^T [n, m]
-using TileShape = cute::Shape<cute::_64, cute::_64, cute::_64>;
 using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
-constexpr int kStepK = 64;  // the tile's K: split-K slices are multiples of it
+constexpr int kStepK = 64;  // the tiles' K: split-K slices are multiples of it
+
+// A tile shape (features x rows x K) with its main-loop and epilogue schedules.
+template <int TM, typename MainSchedule_, typename EpilogueSchedule_>
+struct Tiles {
+  using Shape = cute::Shape<cute::Int<TM>, cute::_64, cute::_64>;
+  using MainSchedule = MainSchedule_;
+  using EpilogueSchedule = EpilogueSchedule_;
+};
+using SmallTiles = Tiles<64, cutlass::gemm::KernelTmaWarpSpecialized, cutlass::epilogue::TmaWarpSpecialized>;
+using WideTiles = Tiles<128, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                        cutlass::epilogue::TmaWarpSpecializedCooperative>;
+
+// Output tiles of SmallTiles for y[m, n].
+int small_tiles(int m, int n) { return ((n + 63) / 64) * ((m + 63) / 64); }
 
 // One kernel: fp16 operands, fp32 accumulation, output ElementD through the epilogue `Fusion`
-// (C, when read, has D's type and layout).
-template <typename ElementD, typename Fusion>
+// (C, when read, has D's type and layout), tiles T.
+template <typename T, typename ElementD, typename Fusion>
 struct Kernel {
   static constexpr int kAlign = 16 / sizeof(ElementD);
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, typename T::Shape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementD, LayoutD, kAlign, ElementD, LayoutD,
-      kAlign, cutlass::epilogue::TmaWarpSpecialized, Fusion>::CollectiveOp;
+      kAlign, typename T::EpilogueSchedule, Fusion>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Half, LayoutA, 8, Half, LayoutB, 8, float, TileShape,
-      ClusterShape,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Half, LayoutA, 8, Half, LayoutB, 8, float,
+      typename T::Shape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::gemm::KernelTmaWarpSpecialized>::CollectiveOp;
+      typename T::MainSchedule>::CollectiveOp;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<
       cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>>;
   using StrideA = typename Gemm::GemmKernel::StrideA;
@@ -53,9 +67,10 @@ struct Kernel {
   using StrideD = typename Gemm::GemmKernel::StrideD;
 
   // D[l] = epilogue(A[l] . B[l]) for l < batches: A = w + l * a_step, B = x + l * a_step (both with row length
-  // k), D = d + l * m * n; problem n x m x ks. `set` fills the fusion's arguments. False: not servable.
+  // k), D = d + l * m * n; problem n x m x ks; a persistent kernel gets sms CTAs at most. `set` fills the
+  // fusion's arguments. False: not servable.
   template <typename Set>
-  static bool run(const __half* w, const __half* x, ElementD* d, int m, int n, int k, int ks, int batches,
+  static bool run(const __half* w, const __half* x, ElementD* d, int m, int n, int k, int ks, int batches, int sms,
                   Set set, const Stream& s, const char* what) {
     const int64_t step = batches > 1 ? ks : 0;
     const StrideA sa = cute::make_stride(static_cast<int64_t>(k), cute::Int<1>{}, step);
@@ -65,6 +80,7 @@ struct Kernel {
                                   {n, m, ks, batches},
                                   {reinterpret_cast<const Half*>(w), sa, reinterpret_cast<const Half*>(x), sb},
                                   {{}, d, sd, d, sd}};  // C = D: never read (beta = 0)
+    args.hw_info.sm_count = sms;
     set(args.epilogue.thread);
     if (Gemm::can_implement(args) != cutlass::Status::kSuccess || Gemm::get_workspace_size(args) != 0) return false;
     Gemm gemm;
@@ -76,33 +92,48 @@ struct Kernel {
   }
 };
 
-using BiasKernel = Kernel<Half, cutlass::epilogue::fusion::LinCombPerRowBias<Half, float, Half, Half, float>>;
-using BiasGeluKernel =
-    Kernel<Half, cutlass::epilogue::fusion::LinCombPerRowBiasEltAct<cutlass::epilogue::thread::GELU_taylor, Half,
-                                                                     float, Half, Half, float>>;
-using PartialKernel = Kernel<float, cutlass::epilogue::fusion::LinearCombination<float, float, float, float>>;
+using BiasFusion = cutlass::epilogue::fusion::LinCombPerRowBias<Half, float, Half, Half, float>;
+using BiasGeluFusion = cutlass::epilogue::fusion::LinCombPerRowBiasEltAct<cutlass::epilogue::thread::GELU_taylor,
+                                                                           Half, float, Half, Half, float>;
+using PartialKernel =
+    Kernel<SmallTiles, float, cutlass::epilogue::fusion::LinearCombination<float, float, float, float>>;
+
+// y = epilogue(x . w^T + bias) with the fusion F on tiles T.
+template <typename T, typename F>
+bool gemm_on(const __half* w, const __half* x, const __half* bias, __half* y, int m, int n, int k, int sms,
+             const Stream& s, const char* what) {
+  return Kernel<T, Half, F>::run(
+      w, x, reinterpret_cast<Half*>(y), m, n, k, k, 1, sms,
+      [bias](auto& t) { t.bias_ptr = reinterpret_cast<const Half*>(bias); }, s, what);
+}
+
+// y = epilogue(x . w^T + bias) with the fusion F, on the small tiles while they fit in one wave.
+template <typename F>
+bool gemm_with(const __half* w, const __half* x, const __half* bias, __half* y, int m, int n, int k, int sms,
+               const Stream& s, const char* what) {
+  if (small_tiles(m, n) <= sms) return gemm_on<SmallTiles, F>(w, x, bias, y, m, n, k, sms, s, what);
+  return gemm_on<WideTiles, F>(w, x, bias, y, m, n, k, sms, s, what);
+}
 
 }  // namespace
 
 bool gemm(const __half* w, const __half* x, const __half* bias, __half* y, int m, int n, int k, Epilogue epi,
-          const Stream& s) {
-  auto with_bias = [bias](auto& t) { t.bias_ptr = reinterpret_cast<const Half*>(bias); };
-  Half* d = reinterpret_cast<Half*>(y);
-  if (epi == Epilogue::kBias) return BiasKernel::run(w, x, d, m, n, k, k, 1, with_bias, s, "GEMM (bias)");
+          int sms, const Stream& s) {
+  if (epi == Epilogue::kBias) return gemm_with<BiasFusion>(w, x, bias, y, m, n, k, sms, s, "GEMM (bias)");
   if (epi == Epilogue::kBiasGeluTanh)
-    return BiasGeluKernel::run(w, x, d, m, n, k, k, 1, with_bias, s, "GEMM (bias + GELU)");
+    return gemm_with<BiasGeluFusion>(w, x, bias, y, m, n, k, sms, s, "GEMM (bias + GELU)");
   return false;
 }
 
 bool gemm_split_k(const __half* w, const __half* x, float* partial, int m, int n, int k, int splits,
                   const Stream& s) {
   if (splits < 1 || k % splits != 0 || (splits > 1 && (k / splits) % kStepK != 0)) return false;
-  return PartialKernel::run(w, x, partial, m, n, k, k / splits, splits, [](auto&) {}, s, "split-K GEMM");
+  return PartialKernel::run(w, x, partial, m, n, k, k / splits, splits, 0, [](auto&) {}, s, "split-K GEMM");
 }
 
 int split_count(int m, int n, int k, int max_ctas) {
   if (k % kStepK != 0) return 1;
-  const int tiles = ((n + 63) / 64) * ((m + 63) / 64);
+  const int tiles = small_tiles(m, n);
   const int steps = k / kStepK;
   int best = 1;
   for (int d = 1; d <= steps; ++d)
