@@ -163,7 +163,9 @@ EOF
         "$dir/$1/weights.txt" "$dir/$1" --backend cuda "${batch[@]}" --iters 2 --warmup 1 > "$csv" 2>&1 || return 1
     python3 cuda_lib/gpu/ncu_summary.py "$csv"
   done
-  # one kernel in detail: NCU_DETAIL="kernel-regex model batch" (default: the tile-sparse GEMM, 80% model, b32)
+  # one kernel in detail: NCU_DETAIL="kernel-regex model batch" (default: the tile-sparse GEMM, 80% model, b32;
+  # "none": no detail)
+  [ "${NCU_DETAIL:-}" = none ] && return 0
   set -- ${NCU_DETAIL:-tile_sparse s80 32}
   [ "$2" = s80 ] && export $ALL_TILE_SPARSE
   echo "--- $1 details (two launches, model $2, batch $3 x 128)"
