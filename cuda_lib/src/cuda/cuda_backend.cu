@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -359,8 +360,6 @@ class CudaEngine final : public Backend {
       const int L = b.lengths[q];
       const int first = padded ? q * b.max_len : static_cast<int>(off);
       const int span = padded ? b.max_len : L;
-      start[q] = first;
-      len[q] = L;
       cls[q] = first;
       for (int i = 0; i < span; ++i) {
         const bool real = i < L;
@@ -370,6 +369,16 @@ class CudaEngine final : public Backend {
         if (real) gather[off + i] = first + i;
       }
       off += L;
+    }
+    // Attention's sequence list, longest first: its grid takes the sequences in this order, so on a ragged batch
+    // the long sequences' blocks start first and the short ones fill the tail (NOTES.md, session 7).
+    by_length_.resize(b.batch);
+    std::iota(by_length_.begin(), by_length_.end(), 0);
+    std::stable_sort(by_length_.begin(), by_length_.end(),
+                     [&b](int x, int y) { return b.lengths[x] > b.lengths[y]; });
+    for (int i = 0; i < b.batch; ++i) {
+      start[i] = cls[by_length_[i]];
+      len[i] = b.lengths[by_length_[i]];
     }
     const size_t n = static_cast<size_t>(3) * R + 3 * B + b.total_tokens;
     check(cudaMemcpyAsync(ws_.idx.as<int32_t>(), h, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_),
@@ -521,6 +530,7 @@ class CudaEngine final : public Backend {
   Epilogue gelu_ = Epilogue::kBiasGeluTanh;
   int64_t sparse_max_rows_ = kDefaultSparseMaxRows;
   int64_t hopper_max_rows_ = -1;  // -1: no CUTLASS path (not built, not sm_90, or bf16)
+  std::vector<int> by_length_;    // stage(): the batch's sequences, longest first
   int sms_ = 0;                   // the GPU's multiprocessors
   int split_ctas_ = 0;            // most CTAs of a split-K GEMM
   PreparedModel prepared_;

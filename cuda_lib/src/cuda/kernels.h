@@ -38,7 +38,8 @@ struct DeviceHeads {
 };
 
 // Fused attention over a ragged batch. qkv: [rows, qkv_ld]; out: [rows, out_ld].
-// seq_start/seq_len: [batch] rows of each sequence (packed or padded layout).
+// seq_start/seq_len: [batch] first row and length of each sequence (packed or padded layout), in any order (the
+// grid takes them in the order given; the engine gives them longest first).
 // short_max: sequences of max_len <= short_max use the whole-sequence operator, longer ones the
 // streaming (online-softmax) operator.
 template <typename T>
