@@ -32,42 +32,16 @@ using LayoutD = cutlass::layout::ColumnMajor;  // y^T [n, m]
 using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
 constexpr int kStepK = 64;  // the tiles' K: split-K slices are multiples of it
 
-// CUTLASS's main loop for one output tile a CTA (blockIdx.x: the feature tile, blockIdx.z: the batch), which
-// also requests the CTA's weight tiles into the L2 in load_init — the kernel calls it before
-// griddepcontrol.wait, so the weights (never written by the forward) stream in while the kernel before still
-// runs (NOTES.md, session 7).
-template <typename Base>
-struct WeightPrefetchMainloop : Base {
-  template <typename ProblemShape>
-  CUTLASS_DEVICE auto load_init(const ProblemShape& shape, const typename Base::Params& params) const {
-    auto inputs = Base::load_init(shape, params);
-    if (threadIdx.x == 0) {
-      auto gA = cute::get<0>(inputs)(cute::_, cute::_, blockIdx.x, cute::_, blockIdx.z);  // (BLK_M, BLK_K, k)
-      auto tAgA = params.tma_load_a.get_slice(0).partition_S(gA);                          // (TMA, M, K, k)
-      for (int k = 0; k < cute::size<3>(tAgA); ++k)
-        cute::prefetch(params.tma_load_a, tAgA(cute::_, cute::_, cute::_, k));
-    }
-    return inputs;
-  }
-};
-
-// The main loop as CUTLASS builds it.
-template <typename Base>
-using PlainMainloop = Base;
-
-// A tile shape (features x rows x K) with its main-loop and epilogue schedules and main-loop wrapper.
-template <int TM, typename MainSchedule_, typename EpilogueSchedule_, template <typename> class Wrap>
+// A tile shape (features x rows x K) with its main-loop and epilogue schedules.
+template <int TM, typename MainSchedule_, typename EpilogueSchedule_>
 struct Tiles {
   using Shape = cute::Shape<cute::Int<TM>, cute::_64, cute::_64>;
   using MainSchedule = MainSchedule_;
   using EpilogueSchedule = EpilogueSchedule_;
-  template <typename Base>
-  using Mainloop = Wrap<Base>;
 };
-using SmallTiles = Tiles<64, cutlass::gemm::KernelTmaWarpSpecialized, cutlass::epilogue::TmaWarpSpecialized,
-                         WeightPrefetchMainloop>;
+using SmallTiles = Tiles<64, cutlass::gemm::KernelTmaWarpSpecialized, cutlass::epilogue::TmaWarpSpecialized>;
 using WideTiles = Tiles<128, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                        cutlass::epilogue::TmaWarpSpecializedCooperative, PlainMainloop>;
+                        cutlass::epilogue::TmaWarpSpecializedCooperative>;
 
 // Output tiles of SmallTiles for y[m, n].
 int small_tiles(int m, int n) { return ((n + 63) / 64) * ((m + 63) / 64); }
@@ -87,8 +61,7 @@ struct Kernel {
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       typename T::MainSchedule>::CollectiveOp;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<
-      cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>,
-                                           typename T::template Mainloop<Mainloop>, Epilogue>>;
+      cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>>;
   using StrideA = typename Gemm::GemmKernel::StrideA;
   using StrideB = typename Gemm::GemmKernel::StrideB;
   using StrideD = typename Gemm::GemmKernel::StrideD;
