@@ -42,17 +42,21 @@ def cutlass_include() -> Path:
     raise SystemExit("CUTLASS headers not found: pip install --no-deps nvidia-cutlass==4.2.0.0")
 
 
+def nvcc_command(index: int, obj: Path, include: Path) -> list[str]:
+    """The nvcc command that compiles configuration `index` of cutlass_tiles.cu into the object file `obj`."""
+    return ["nvcc", "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-gencode", "arch=compute_90a,code=sm_90a",
+            "-Xcompiler", "-fPIC", "-DCUTLASS_ENABLE_GDC_FOR_SM90", "-DNDEBUG", f"-DET_TILE_CFG={index}",
+            f"-I{include}", "-c", str(HERE / "cutlass_tiles.cu"), "-o", str(obj)]
+
+
 def build(out: Path, jobs: int) -> Path:
     """Compile every configuration (one nvcc per configuration, `jobs` at once) into one shared library."""
     out.mkdir(parents=True, exist_ok=True)
-    inc = cutlass_include()
+    include = cutlass_include()
 
     def one(i: int) -> Path:
         obj = out / f"cfg{i}.o"
-        subprocess.run(["nvcc", "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-gencode",
-                        "arch=compute_90a,code=sm_90a", "-Xcompiler", "-fPIC", "-DCUTLASS_ENABLE_GDC_FOR_SM90",
-                        "-DNDEBUG", f"-DET_TILE_CFG={i}", f"-I{inc}", "-c", str(HERE / "cutlass_tiles.cu"), "-o",
-                        str(obj)], check=True)
+        subprocess.run(nvcc_command(i, obj, include), check=True)
         return obj
 
     with ThreadPoolExecutor(jobs) as pool:
