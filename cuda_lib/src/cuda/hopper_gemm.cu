@@ -67,8 +67,8 @@ struct Kernel {
   using StrideD = typename Gemm::GemmKernel::StrideD;
 
   // D[l] = epilogue(A[l] . B[l]) for l < batches: A = w + l * a_step, B = x + l * a_step (both with row length
-  // k), D = d + l * m * n; problem n x m x ks; a persistent kernel gets sms CTAs at most. `set` fills the
-  // fusion's arguments. False: not servable.
+  // k), D = d + l * m * n; problem n x m x ks; a persistent kernel (the wide tiles) gets sms CTAs at most (the
+  // 64 x 64 kernels launch one CTA a tile and ignore it). `set` fills the fusion's arguments. False: not servable.
   template <typename Set>
   static bool run(const __half* w, const __half* x, ElementD* d, int m, int n, int k, int ks, int batches, int sms,
                   Set set, const Stream& s, const char* what) {

@@ -12,8 +12,8 @@
 namespace et::cuda::hopper {
 
 // y[m, n] = epilogue(x[m, k] . w[n, k]^T + bias) with epi kBias or kBiasGeluTanh (w, x, y row-major), on tiles
-// chosen for a GPU of `sms` multiprocessors. Returns false, launching nothing, when no kernel here serves the call (another epilogue, or operands that
-// break TMA's 16-byte alignment); throws et::Error when a launch fails.
+// chosen for a GPU of `sms` multiprocessors. Returns false, launching nothing, when no kernel here serves the call
+// (another epilogue, or operands that break TMA's 16-byte alignment); throws et::Error when a launch fails.
 bool gemm(const __half* w, const __half* x, const __half* bias, __half* y, int m, int n, int k, Epilogue epi,
           int sms, const Stream& s);
 
