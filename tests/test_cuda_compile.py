@@ -13,30 +13,20 @@ from __future__ import annotations
 
 import re
 import shutil
-import site
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from gpu_scripts import load
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA_DIR = ROOT / "cuda_lib" / "src" / "cuda"
 NVCC = shutil.which("nvcc")
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 HOPPER = "hopper_gemm.cu"  # sm_90a only (CMakeLists.txt)
-
-
-def _cutlass_include() -> Path | None:
-    """CUTLASS's include folder from the nvidia-cutlass package, found as CMakeLists.txt finds it."""
-    for d in [*site.getsitepackages(), *sys.path]:
-        inc = Path(d) / "cutlass_library" / "source" / "include"
-        if d and (inc / "cutlass" / "cutlass.h").is_file():
-            return inc
-    return None
-
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+cutlass_include = load("cutlass_tiles").cutlass_include  # the nvidia-cutlass headers, or None
 
 
 def _cublas_headers() -> bool:
@@ -47,7 +37,7 @@ def _cublas_headers() -> bool:
 def _compile(src: Path, out_dir: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     if src.name == HOPPER:
         arch = ["-gencode", "arch=compute_90a,code=sm_90a", "-DCUTLASS_ENABLE_GDC_FOR_SM90", "-DNDEBUG",
-                "-I", str(_cutlass_include())]
+                "-I", str(cutlass_include())]
     else:
         arch = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
     cmd = [NVCC, "-std=c++17", "-O3", "-c", str(src), "-o", str(out_dir / (src.stem + "".join(extra) + ".o")),
@@ -60,8 +50,8 @@ def _compile(src: Path, out_dir: Path, extra: tuple[str, ...] = ()) -> subproces
 def compiled(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("cuda_obj")
     jobs = {s.name: (s, ()) for s in SOURCES if (_cublas_headers() or "cublasLt.h" not in _includes(s))
-            and (s.name != HOPPER or _cutlass_include())}
-    if _cutlass_include():  # the engine with the CUTLASS path compiled in
+            and (s.name != HOPPER or cutlass_include())}
+    if cutlass_include():  # the engine with the CUTLASS path compiled in
         jobs["cuda_backend.cu with hopper"] = (CUDA_DIR / "cuda_backend.cu", ("-DET_WITH_HOPPER_GEMM",))
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(jobs, pool.map(lambda job: _compile(job[0], out, job[1]), jobs.values())))

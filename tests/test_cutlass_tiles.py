@@ -39,9 +39,8 @@ def test_gemm_shapes_are_bert_base():
 def test_one_configuration_compiles(tmp_path):
     """Configuration 1 (128 x 128 cooperative) builds for sm_90a with the nvidia-cutlass headers, and exports
     its entry point."""
-    try:
-        include = tiles.cutlass_include()
-    except SystemExit:
+    include = tiles.cutlass_include()
+    if include is None:
         pytest.skip("nvidia-cutlass headers not installed")
     obj = tmp_path / "cfg1.o"
     run = subprocess.run(tiles.nvcc_command(1, obj, include), capture_output=True, text=True, timeout=900)

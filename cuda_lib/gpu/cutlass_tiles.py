@@ -33,13 +33,13 @@ GEMMS = {"qkv": (2304, 768), "o": (768, 768), "ffn1": (3072, 768), "ffn2": (768,
 LAYERS = 12
 
 
-def cutlass_include() -> Path:
-    """The CUTLASS include folder of the PyPI package nvidia-cutlass (as cuda_lib/CMakeLists.txt finds it)."""
+def cutlass_include() -> Path | None:
+    """The CUTLASS include folder of the PyPI package nvidia-cutlass (as cuda_lib/CMakeLists.txt finds it), or None."""
     for d in site.getsitepackages() + sys.path:
         p = Path(d) / "cutlass_library" / "source" / "include"
-        if (p / "cutlass" / "cutlass.h").is_file():
+        if d and (p / "cutlass" / "cutlass.h").is_file():
             return p
-    raise SystemExit("CUTLASS headers not found: pip install --no-deps nvidia-cutlass==4.2.0.0")
+    return None
 
 
 def nvcc_command(index: int, obj: Path, include: Path) -> list[str]:
@@ -53,6 +53,8 @@ def build(out: Path, jobs: int) -> Path:
     """Compile every configuration (one nvcc per configuration, `jobs` at once) into one shared library."""
     out.mkdir(parents=True, exist_ok=True)
     include = cutlass_include()
+    if include is None:
+        raise SystemExit("CUTLASS headers not found: pip install --no-deps nvidia-cutlass==4.2.0.0")
 
     def one(i: int) -> Path:
         obj = out / f"cfg{i}.o"
