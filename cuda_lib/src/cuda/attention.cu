@@ -273,16 +273,21 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
   if (computes) w.store(out, out_ld, first + q0, warp * 16, len - q0, h.out_off, h.dv, lane);
 }
 
+// Let `kernel` use up to `bytes` of dynamic shared memory: set once per process, on the first launch.
+template <auto kernel>
+void allow_dynamic_smem(size_t bytes, const char* what) {
+  static const bool set =
+      (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), what),
+       true);
+  (void)set;
+}
+
 template <typename T, int D>
 void launch_long(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
                  const int32_t* seq_len, int batch, int max_len, float scale_log2, const Stream& stream) {
   const size_t smem = static_cast<size_t>(kLongQ + 4 * kLongK) * padded_ld<D>() * sizeof(T);
-  auto kernel = attention_long_kernel<T, D>;
-  static const bool attr_set =
-      (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-             "cudaFuncSetAttribute(attention_long)"),
-       true);
-  (void)attr_set;
+  constexpr auto kernel = attention_long_kernel<T, D>;
+  allow_dynamic_smem<kernel>(smem, "cudaFuncSetAttribute(attention_long)");
   launch("attention_long", kernel, dim3((max_len + kLongQ - 1) / kLongQ, heads.count, batch), dim3(128), smem,
          stream, qkv, qkv_ld, out, out_ld, heads.slots, seq_start, seq_len, scale_log2);
 }
@@ -293,12 +298,10 @@ void launch_short(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHead
   constexpr int LD = padded_ld<D>();
   const int rows = (max_len + 15) / 16 * 16;
   const size_t smem = static_cast<size_t>(3) * rows * LD * sizeof(T);
-  auto kernel = attention_short_kernel<T, D>;
-  static const bool attr_set = (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                           3 * kShortKeys * LD * static_cast<int>(sizeof(T))),
-                                      "cudaFuncSetAttribute(attention_short)"),
-                                true);
-  (void)attr_set;
+  constexpr auto kernel = attention_short_kernel<T, D>;
+  // the most any batch needs (kShortKeys rows), so that one setting serves every later launch
+  allow_dynamic_smem<kernel>(static_cast<size_t>(3) * kShortKeys * LD * sizeof(T),
+                             "cudaFuncSetAttribute(attention_short)");
   launch("attention_short", kernel, dim3(heads.count, batch), dim3(rows / 16 * 32), smem, stream, qkv, qkv_ld, out,
          out_ld, heads.slots, seq_start, seq_len, rows, scale_log2);
 }

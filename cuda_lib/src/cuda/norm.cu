@@ -320,9 +320,11 @@ auto for_chunks(int ch, Pick pick) {
 
 dim3 row_grid(int rows) { return dim3((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
 
-// Shared memory of a LayerNorm block: gamma and beta.
+// Shared memory of a LayerNorm block as stage_affine() fills it: gamma and beta, and the bias when `with_bias`.
 template <typename T>
-size_t affine_smem(int hidden) { return 2 * static_cast<size_t>(hidden) * sizeof(T); }
+size_t affine_smem(int hidden, bool with_bias = false) {
+  return (with_bias ? 3 : 2) * static_cast<size_t>(hidden) * sizeof(T);
+}
 
 int grid_for(int64_t n, int block) { return static_cast<int>(std::min<int64_t>((n + block - 1) / block, 65535)); }
 
@@ -350,9 +352,8 @@ void splitk_layernorm(const float* partial, int splits, int rows, int hidden, co
                       const T* gamma, const T* beta, float eps, T* y, const Stream& s) {
   const auto kernel =
       for_chunks(row_chunks(hidden), [](auto ch) { return splitk_layernorm_kernel<T, decltype(ch)::value>; });
-  const size_t smem = 3 * static_cast<size_t>(hidden) * sizeof(T);  // gamma, beta, bias
-  launch("splitk_layernorm", kernel, row_grid(rows), dim3(kRowsPerBlock * 32), smem, s, partial, splits, rows, hidden,
-         bias, residual, gamma, beta, eps, y);
+  launch("splitk_layernorm", kernel, row_grid(rows), dim3(kRowsPerBlock * 32), affine_smem<T>(hidden, true), s,
+         partial, splits, rows, hidden, bias, residual, gamma, beta, eps, y);
 }
 
 template <typename T>
