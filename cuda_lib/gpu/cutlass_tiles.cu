@@ -1,17 +1,11 @@
 // CUTLASS Hopper GEMM configurations side by side (a measurement tool, not part of libet): one configuration
 // per compilation, chosen by -DET_TILE_CFG=<index into the table below>, exported as
-// et_tile_gemm_<index>. Same layout as src/cuda/hopper_gemm.cu: y[m, n] = x[m, k] . w[n, k]^T + bias in
-// CUTLASS's column-major view (its M = output features, its N = token rows), fp16 in and out, fp32
+// et_tile_gemm_<index>. libet's GEMM type (src/cuda/hopper_gemm_type.cuh: y[m, n] = x[m, k] . w[n, k]^T + bias in
+// CUTLASS's column-major view, its M = output features, its N = token rows), fp16 in and out, fp32
 // accumulation, launched with programmatic dependent launch. cutlass_tiles.py builds and times them.
 #include <cuda_runtime.h>
 
-#include "cute/tensor.hpp"
-#include "cutlass/cutlass.h"
-#include "cutlass/epilogue/collective/collective_builder.hpp"
-#include "cutlass/epilogue/fusion/operations.hpp"
-#include "cutlass/gemm/collective/collective_builder.hpp"
-#include "cutlass/gemm/device/gemm_universal_adapter.h"
-#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "hopper_gemm_type.cuh"
 
 #ifndef ET_TILE_CFG
 #error "build with -DET_TILE_CFG=<configuration index> (cutlass_tiles.py)"
@@ -48,22 +42,13 @@ using Table = cute::tuple<Cfg<64, 64, 1, 1, WS, EpiWS>,          // 0: libet's s
                           Cfg<64, 128, 1, 1, Ping, EpiWS>,       // 5
                           Cfg<64, 256, 1, 1, Ping, EpiWS>,       // 6
                           Cfg<128, 128, 1, 1, Ping, EpiWS>,      // 7
-                          Cfg<128, 64, 1, 1, Coop, EpiCoop>,     // 8
+                          Cfg<128, 64, 1, 1, Coop, EpiCoop>,     // 8: libet's wide configuration
                           Cfg<64, 128, 1, 2, Ping, EpiWS>>;      // 9
 using C = cute::tuple_element_t<ET_TILE_CFG, Table>;
 
 using Fusion = epi::fusion::LinCombPerRowBias<Half, float, Half, Half, float>;
-using Epilogue = typename epi::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, typename C::Tile, typename C::Cluster,
-    epi::collective::EpilogueTileAuto, float, float, Half, cutlass::layout::ColumnMajor, 8, Half,
-    cutlass::layout::ColumnMajor, 8, typename C::EpiSchedule, Fusion>::CollectiveOp;
-using Mainloop = typename gemm::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Half, cutlass::layout::RowMajor, 8, Half,
-    cutlass::layout::ColumnMajor, 8, float, typename C::Tile, typename C::Cluster,
-    gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-    typename C::MainSchedule>::CollectiveOp;
-using Gemm = gemm::device::GemmUniversalAdapter<
-    gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>>;
+using Gemm = typename et::cuda::hopper::GemmType<typename C::Tile, typename C::Cluster, typename C::MainSchedule,
+                                                 typename C::EpiSchedule, Half, Fusion>::Gemm;
 
 }  // namespace
 

@@ -46,7 +46,8 @@ def nvcc_command(index: int, obj: Path, include: Path) -> list[str]:
     """The nvcc command that compiles configuration `index` of cutlass_tiles.cu into the object file `obj`."""
     return ["nvcc", "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-gencode", "arch=compute_90a,code=sm_90a",
             "-Xcompiler", "-fPIC", "-DCUTLASS_ENABLE_GDC_FOR_SM90", "-DNDEBUG", f"-DET_TILE_CFG={index}",
-            f"-I{include}", "-c", str(HERE / "cutlass_tiles.cu"), "-o", str(obj)]
+            f"-I{include}", f"-I{HERE.parent / 'src' / 'cuda'}", "-c", str(HERE / "cutlass_tiles.cu"), "-o",
+            str(obj)]
 
 
 def build(out: Path, jobs: int) -> Path:

@@ -1,10 +1,9 @@
-// CUTLASS Hopper GEMMs for small batches (see hopper_gemm.h). CUTLASS computes in the column-major view
-// y^T[n, m] = w[n, k] . x^T[k, m]: its M is the output features (W row-major, K-major, as A), its N the token
-// rows (X row-major = X^T column-major, K-major, as B) and D = y^T column-major is y row-major, so the
-// per-output-feature bias is CUTLASS's per-row bias. Two tile shapes (cuda_lib/NOTES.md, run 45): 64 features x
-// 64 rows x 64 K (one consumer warpgroup) while its tiles fit in one wave of CTAs, else 128 features x 64 rows
-// (two cooperative consumer warpgroups), which halves the tiles. Split-K runs the K slices as CUTLASS's batch mode
-// (L), each slice writing its own fp32 partial, summed by the kernel after it; it always takes the 64 x 64 tiles.
+// CUTLASS Hopper GEMMs for small batches (see hopper_gemm.h), in the column-major view of hopper_gemm_type.cuh
+// (CUTLASS's M is the output features), so the per-output-feature bias is CUTLASS's per-row bias. Two tile
+// shapes (cuda_lib/NOTES.md, run 45): 64 features x 64 rows x 64 K (one consumer warpgroup) while its tiles fit in
+// one wave of CTAs, else 128 features x 64 rows (two cooperative consumer warpgroups), which halves the tiles.
+// Split-K runs the K slices as CUTLASS's batch mode (L), each slice writing its own fp32 partial, summed by the
+// kernel after it; it always takes the 64 x 64 tiles.
 #include "hopper_gemm.h"
 
 #ifndef CUTLASS_ENABLE_GDC_FOR_SM90
@@ -13,22 +12,13 @@
 
 #include <string>
 
-#include "cute/tensor.hpp"
-#include "cutlass/cutlass.h"
-#include "cutlass/epilogue/collective/collective_builder.hpp"
-#include "cutlass/epilogue/fusion/operations.hpp"
 #include "cutlass/epilogue/thread/activation.h"
-#include "cutlass/gemm/collective/collective_builder.hpp"
-#include "cutlass/gemm/device/gemm_universal_adapter.h"
-#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "hopper_gemm_type.cuh"
 
 namespace et::cuda::hopper {
 namespace {
 
 using Half = cutlass::half_t;
-using LayoutA = cutlass::layout::RowMajor;     // w [n, k]
-using LayoutB = cutlass::layout::ColumnMajor;  // x^T [k, m]
-using LayoutD = cutlass::layout::ColumnMajor;  // y^T [n, m]
 using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
 constexpr int kStepK = 64;  // the tiles' K: split-K slices are multiples of it
 
@@ -46,22 +36,11 @@ using WideTiles = Tiles<128, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
 // Output tiles of SmallTiles for y[m, n].
 int small_tiles(int m, int n) { return ((n + 63) / 64) * ((m + 63) / 64); }
 
-// One kernel: fp16 operands, fp32 accumulation, output ElementD through the epilogue `Fusion`
-// (C, when read, has D's type and layout), tiles T.
+// One kernel: output ElementD through the epilogue `Fusion`, tiles T.
 template <typename T, typename ElementD, typename Fusion>
 struct Kernel {
-  static constexpr int kAlign = 16 / sizeof(ElementD);
-  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, typename T::Shape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, ElementD, LayoutD, kAlign, ElementD, LayoutD,
-      kAlign, typename T::EpilogueSchedule, Fusion>::CollectiveOp;
-  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Half, LayoutA, 8, Half, LayoutB, 8, float,
-      typename T::Shape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      typename T::MainSchedule>::CollectiveOp;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<
-      cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, Mainloop, Epilogue>>;
+  using Gemm = typename GemmType<typename T::Shape, ClusterShape, typename T::MainSchedule,
+                                 typename T::EpilogueSchedule, ElementD, Fusion>::Gemm;
   using StrideA = typename Gemm::GemmKernel::StrideA;
   using StrideB = typename Gemm::GemmKernel::StrideB;
   using StrideD = typename Gemm::GemmKernel::StrideD;
