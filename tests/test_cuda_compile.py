@@ -7,6 +7,8 @@ Skipped when nvcc is not installed; a source that includes cuBLASLt is skipped w
 headers are not installed next to nvcc (they come with the full CUDA toolkit, not with nvcc alone).
 ``hopper_gemm.cu`` (CUTLASS's Hopper kernels) is built for sm_90a only, as CMake builds it, with the headers of
 the nvidia-cutlass package (requirements-nodeps.txt), and the engine is compiled with it enabled too.
+``hopper_sparse_gemm.cu`` (the wgmma tile-sparse GEMM) is built for sm_90a only as well, needs no CUTLASS, and must
+compile without ptxas serializing its warpgroup MMAs (the C7520 performance warning).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ CUDA_DIR = ROOT / "cuda_lib" / "src" / "cuda"
 NVCC = shutil.which("nvcc")
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 HOPPER = "hopper_gemm.cu"  # sm_90a only (CMakeLists.txt)
+HOPPER_SPARSE = "hopper_sparse_gemm.cu"  # sm_90a only, no CUTLASS
 cutlass_include = load("cutlass_tiles").cutlass_include  # the nvidia-cutlass headers, or None
 
 
@@ -38,6 +41,8 @@ def _compile(src: Path, out_dir: Path, extra: tuple[str, ...] = ()) -> subproces
     if src.name == HOPPER:
         arch = ["-gencode", "arch=compute_90a,code=sm_90a", "-DCUTLASS_ENABLE_GDC_FOR_SM90", "-DNDEBUG",
                 "-I", str(cutlass_include())]
+    elif src.name == HOPPER_SPARSE:
+        arch = ["-gencode", "arch=compute_90a,code=sm_90a"]
     else:
         arch = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
     cmd = [NVCC, "-std=c++17", "-O3", "-c", str(src), "-o", str(out_dir / (src.stem + "".join(extra) + ".o")),
@@ -53,6 +58,7 @@ def compiled(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
             and (s.name != HOPPER or cutlass_include())}
     if cutlass_include():  # the engine with the CUTLASS path compiled in
         jobs["cuda_backend.cu with hopper"] = (CUDA_DIR / "cuda_backend.cu", ("-DET_WITH_HOPPER_GEMM",))
+    jobs["cuda_backend.cu with hopper sparse"] = (CUDA_DIR / "cuda_backend.cu", ("-DET_WITH_HOPPER_SPARSE",))
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(jobs, pool.map(lambda job: _compile(job[0], out, job[1]), jobs.values())))
 
@@ -79,7 +85,7 @@ def test_compiles_for_sm80_and_sm90(src: Path, compiled):
     result = compiled[src.name]
     assert result.returncode == 0, result.stderr[-4000:]
     targets = set(re.findall(r"for '(sm_\d+a?)'", result.stderr))
-    if src.name == HOPPER:
+    if src.name in (HOPPER, HOPPER_SPARSE):
         assert targets == {"sm_90a"}, f"compiled for {targets}"
     elif "__global__" in src.read_text():
         assert targets == {"sm_80", "sm_90"}, f"compiled for {targets}"
@@ -91,4 +97,16 @@ def test_engine_compiles_with_the_cutlass_path(compiled):
     if "cuda_backend.cu with hopper" not in compiled:
         pytest.skip("CUTLASS's headers (nvidia-cutlass) not installed")
     result = compiled["cuda_backend.cu with hopper"]
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_wgmma_sparse_kernel_is_not_serialized(compiled):
+    result = compiled[HOPPER_SPARSE]
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "C7520" not in result.stderr, "ptxas serializes the warpgroup MMAs:\n" + "\n".join(
+            line for line in result.stderr.splitlines() if "C7520" in line)
+
+
+def test_engine_compiles_with_the_wgmma_sparse_path(compiled):
+    result = compiled["cuda_backend.cu with hopper sparse"]
     assert result.returncode == 0, result.stderr[-4000:]

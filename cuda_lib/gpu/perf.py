@@ -7,9 +7,10 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   b1           seq 128 with and without the CUDA graph
   sparse       80% tile sparsity (random 16x16 tiles in every encoder linear) vs our dense
   ragged       lengths U[16, 128], batch 32: padding-free vs padded
-  density      sparse kernel vs the dense GEMMs (CUTLASS <= 256 rows, else cuBLASLt; rows "dense", "cublaslt"
-               before session 6) on the same pruned model at several densities (the
-               ET_SPARSE_MAX_DENSITY threshold), and the sparse kernel's rows per block (ET_SPARSE_BM)
+  density      the two tile-sparse kernels at every batch ("tile-sparse": mma.sync, "wgmma": sm_90's warpgroup
+               MMAs, session 8) vs the dense GEMMs (CUTLASS <= 256 rows, else cuBLASLt; rows "dense", "cublaslt"
+               before session 6) on the same pruned model at several densities (the ET_SPARSE_MAX_DENSITY and
+               ET_HOPPER_SPARSE_MAX_DENSITY thresholds), and the mma.sync kernel's rows per block (ET_SPARSE_BM)
   untuned      the same dense/b1/ragged rows with cuBLASLt's first heuristic choice (ET_GEMM_TUNE=1)
   loads        dense b1/b32 in four more engine loads of the same model: the spread over the process's lifetime
   variants     dense/b1/ragged with the exact erf GELU pass (ET_EXACT_GELU=1), without programmatic dependent
@@ -185,8 +186,9 @@ def main() -> int:
     for density in densities:
         manifest = p.export(model, density, f"d{density:g}")
         for lens in (b32, b8, b1):
-            for name, thr in (("tile-sparse", "2"), ("dense", "0")):
-                with env(ET_SPARSE_MAX_DENSITY=thr, ET_SPARSE_MAX_ROWS="1000000000"), \
+            for name, mma_sync, wgmma in (("tile-sparse", "2", "0"), ("wgmma", "0", "2"), ("dense", "0", "0")):
+                with env(ET_SPARSE_MAX_DENSITY=mma_sync, ET_SPARSE_MAX_ROWS="1000000000",
+                         ET_HOPPER_SPARSE_MAX_DENSITY=wgmma, ET_HOPPER_SPARSE_MIN_ROWS="0"), \
                         Engine(p.lib, manifest, backend="cuda") as eng:
                     p.engine_row(f"density {density:g} {name} b{lens.size} s128", eng, lens, density=density)
         with Engine(p.lib, manifest, backend="cuda") as eng:  # the default thresholds' choice
@@ -197,7 +199,8 @@ def main() -> int:
             dense_ms / p.results[f"density {density:g} default b32 s128"]["ms_median"]
         if density == block_density:  # rows of X per block of the sparse GEMM (auto: 64 / 32 by layer and batch)
             for bm in ("32", "64", "128"):
-                with env(ET_SPARSE_MAX_DENSITY="2", ET_SPARSE_MAX_ROWS="1000000000", ET_SPARSE_BM=bm), \
+                with env(ET_SPARSE_MAX_DENSITY="2", ET_SPARSE_MAX_ROWS="1000000000", ET_SPARSE_BM=bm,
+                         ET_HOPPER_SPARSE_MAX_DENSITY="0"), \
                         Engine(p.lib, manifest, backend="cuda") as eng:
                     for lens in (b32, b1):
                         p.engine_row(f"density {density:g} tile-sparse BM {bm} b{lens.size}", eng, lens,

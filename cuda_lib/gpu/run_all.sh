@@ -13,6 +13,8 @@
 #             ADMM run (minilm-gpu-admm) if time is left; results tarred (cuda_lib/gpu/pipeline_gpu.sh)
 # Packages the image lacks: .gpusite/site-cp312.tar.xz (cuda_lib/gpu/pack_site.sh) or wheels in .whl/.
 # Usage, from the repository root:  cuda_lib/gpu/run_all.sh check sanitize perf
+# (CHECK_ARGS / PERF_ARGS pass arguments to check.py / perf.py, e.g. CHECK_ARGS="--only wgmma";
+# CHECK_LIMIT / PERF_LIMIT / BENCH_LIMIT: the steps' time limits in seconds)
 set -u -o pipefail
 OUT=${OUT:-/tmp/et-gpu-out}
 mkdir -p "$OUT"
@@ -177,7 +179,8 @@ EOF
 
 for s in "$@"; do
   case $s in
-    check) step check "${CHECK_LIMIT:-420}" python3 cuda_lib/gpu/check.py --lib "$LIB" --work /tmp/et-check ;;
+    check) step check "${CHECK_LIMIT:-420}" python3 cuda_lib/gpu/check.py --lib "$LIB" --work /tmp/et-check \
+             ${CHECK_ARGS:-} ;;
     sanitize) step sanitize "${SANITIZE_LIMIT:-420}" sanitize ;;
     order) step order "${ORDER_LIMIT:-240}" python3 cuda_lib/gpu/load_order.py --lib "$LIB" --work /tmp/et-order \
              --json "$OUT/load_order.json" ;;

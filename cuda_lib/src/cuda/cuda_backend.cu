@@ -17,6 +17,9 @@
 //                          Hopper kernels (launched early; O and FFN2 split-K, summed by the LayerNorm kernel)
 //                          when the library was built with them (sm_90 only); 0: cuBLASLt for every batch
 //   ET_HOPPER_SPLIT_CTAS   most CTAs of a split-K GEMM on that path (default: the GPU's multiprocessors)
+//   ET_HOPPER_SPARSE_MAX_DENSITY  a weight whose tile density is below this is also stored tiled for the wgmma
+//                          tile-sparse GEMM (sm_90), which runs it for batches of more than
+//   ET_HOPPER_SPARSE_MIN_ROWS  token rows (smaller batches: ET_SPARSE_MAX_DENSITY / _MAX_ROWS decide as before)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -34,6 +37,9 @@
 #include "dense_gemm.h"
 #ifdef ET_WITH_HOPPER_GEMM
 #include "hopper_gemm.h"
+#endif
+#ifdef ET_WITH_HOPPER_SPARSE
+#include "hopper_sparse_gemm.h"
 #endif
 #include "kernels.h"
 #include "prepare.h"
@@ -54,6 +60,10 @@ constexpr int kDefaultShortMax = 96;                // see NOTES.md "attention s
 constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed per shape (NOTES.md, session 2)
 constexpr size_t kMaxGraphs = 16;
 constexpr int64_t kDefaultHopperMaxRows = 256;      // NOTES.md, session 6
+// The wgmma tile-sparse GEMM (sm_90): for batches of more than this many token rows (below, the CUTLASS dense
+// path) and weights below this tile density (NOTES.md, session 8).
+constexpr int64_t kDefaultHopperSparseMinRows = 256;
+constexpr double kDefaultHopperSparseMaxDensity = 0.3;
 
 // An owned device allocation.
 class DeviceBuffer {
@@ -139,12 +149,18 @@ template <typename T>
 struct DeviceLinear {
   int n = 0, k = 0;
   bool sparse = false;
+  double density = 1.0;  // kept 16x16 tiles / all tiles
   DeviceBuffer weight;  // dense [n, k]
   DeviceBuffer tiles, row_ptr, tile_col;  // the kept tiles and their CSR, when sparse
   DeviceBuffer bias;
   DeviceSparseWeight sw;
+#ifdef ET_WITH_HOPPER_SPARSE
+  DeviceBuffer records, cut;  // the wgmma kernel's layout of the kept tiles, when sparse and that kernel is used
+  hopper_sparse::Weight hw;
+#endif
 
-  explicit DeviceLinear(const PreparedLinear& p) : n(p.n), k(p.k), sparse(p.sparse) {
+  DeviceLinear(const PreparedLinear& p, bool wgmma_layout)
+      : n(p.n), k(p.k), sparse(p.sparse), density(p.density()) {
     bias = upload_as<T>(p.bias);
     weight = upload_as<T>(p.dense);
     if (!sparse) return;
@@ -152,6 +168,17 @@ struct DeviceLinear {
     row_ptr = upload(p.row_ptr.data(), p.row_ptr.size());
     tile_col = upload(p.tile_col.data(), p.tile_col.size());
     sw = DeviceSparseWeight{n, k, tiles.as<void>(), row_ptr.as<int32_t>(), tile_col.as<int32_t>()};
+#ifdef ET_WITH_HOPPER_SPARSE
+    if (wgmma_layout) {
+      const std::vector<T> rec = hopper_sparse::pack_records<T>(p);
+      const std::vector<int32_t> cuts = hopper_sparse::chunk_cuts(p);
+      records = upload(rec.data(), rec.size());
+      cut = upload(cuts.data(), cuts.size());
+      hw = hopper_sparse::Weight{n, k, hopper_sparse::chunk_count(k), records.as<void>(), cut.as<int32_t>()};
+    }
+#else
+    (void)wgmma_layout;
+#endif
   }
 };
 
@@ -162,8 +189,12 @@ struct DeviceLayer {
   int n_heads;
   DeviceBuffer ln1g, ln1b, ln2g, ln2b;
 
-  explicit DeviceLayer(const PreparedLayer& p)
-      : qkv(p.qkv), o(p.o), ffn1(p.ffn1), ffn2(p.ffn2), n_heads(static_cast<int>(p.heads.size())) {
+  DeviceLayer(const PreparedLayer& p, bool wgmma_layout)
+      : qkv(p.qkv, wgmma_layout),
+        o(p.o, wgmma_layout),
+        ffn1(p.ffn1, wgmma_layout),
+        ffn2(p.ffn2, wgmma_layout),
+        n_heads(static_cast<int>(p.heads.size())) {
     std::vector<int32_t> slots;
     for (const HeadSlot& h : p.heads) slots.insert(slots.end(), {h.q_off, h.k_off, h.v_off, h.dqk, h.dv, h.out_off});
     heads = upload(slots.data(), slots.size());
@@ -215,7 +246,19 @@ class CudaEngine final : public Backend {
       throw Error(ET_ERR_INVALID_ARGUMENT, "ET_SPARSE_BM must be 0 (auto), 32, 64 or 128");
     const double max_rows = env_number("ET_SPARSE_MAX_ROWS", static_cast<double>(kDefaultSparseMaxRows));
     sparse_max_rows_ = max_rows >= 9.0e18 ? INT64_MAX : static_cast<int64_t>(max_rows);
-    const double max_density = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
+    sparse_max_density_ = env_number("ET_SPARSE_MAX_DENSITY", kDefaultSparseMaxDensity);
+    const double wgmma_density = env_number("ET_HOPPER_SPARSE_MAX_DENSITY", kDefaultHopperSparseMaxDensity);
+    const double wgmma_rows = env_number("ET_HOPPER_SPARSE_MIN_ROWS", static_cast<double>(kDefaultHopperSparseMinRows));
+#ifdef ET_WITH_HOPPER_SPARSE
+    // sm_90a code: sm_90 devices only, and the block's shared memory must fit.
+    if (prop.major == 9 && prop.minor == 0 && prop.sharedMemPerBlockOptin >= static_cast<size_t>(hopper_sparse::shared_bytes())) {
+      wgmma_max_density_ = wgmma_density;
+      wgmma_min_rows_ = static_cast<int64_t>(std::max(wgmma_rows, 0.0));
+    }
+#else
+    (void)wgmma_density;
+    (void)wgmma_rows;
+#endif
     gelu_ = env_number("ET_EXACT_GELU", 0) != 0 ? Epilogue::kBiasGelu : Epilogue::kBiasGeluTanh;
     const int gemm_tune = static_cast<int>(env_number("ET_GEMM_TUNE", kDefaultGemmTune));
     const double hopper_rows = env_number("ET_HOPPER_GEMM_MAX_ROWS", static_cast<double>(kDefaultHopperMaxRows));
@@ -231,7 +274,7 @@ class CudaEngine final : public Backend {
     split_ctas_ = std::max(1, static_cast<int>(env_number("ET_HOPPER_SPLIT_CTAS", sms_)));
 
     const Model& m = *model_;
-    prepared_ = prepare_model(m, max_density);
+    prepared_ = prepare_model(m, std::max(sparse_max_density_, wgmma_max_density_));
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     try {
       gemm_ = std::make_unique<DenseGemm>(gemm_tune, env_number("ET_GEMM_TUNE_COLD", 1) != 0);
@@ -240,7 +283,7 @@ class CudaEngine final : public Backend {
       type_ = upload_as<T>(m.type_emb);
       emb_g_ = upload_as<T>(m.emb_ln_gamma);
       emb_b_ = upload_as<T>(m.emb_ln_beta);
-      for (const PreparedLayer& pl : prepared_.layers) layers_.emplace_back(pl);
+      for (const PreparedLayer& pl : prepared_.layers) layers_.emplace_back(pl, wgmma_max_density_ > 0.0);
       pool_w_ = upload_as<T>(dense_weight(m.pooler));
       pool_b_ = upload_as<T>(m.pooler.bias);
       cls_w_ = upload_as<T>(dense_weight(m.classifier));
@@ -394,8 +437,15 @@ class CudaEngine final : public Backend {
   // Kernels of the forward after its first: launched early where the GPU allows it.
   Stream layer_stream() const { return Stream{stream_, early_launch_}; }
 
-  bool runs_sparse(const DeviceLinear<T>& l, int m) const { return l.sparse && m <= sparse_max_rows_; }
-  bool runs_hopper(const DeviceLinear<T>& l, int m) const { return !runs_sparse(l, m) && m <= hopper_max_rows_; }
+  bool runs_wgmma_sparse(const DeviceLinear<T>& l, int m) const {
+    return l.sparse && l.density < wgmma_max_density_ && m > wgmma_min_rows_;
+  }
+  bool runs_sparse(const DeviceLinear<T>& l, int m) const {
+    return l.sparse && l.density < sparse_max_density_ && m <= sparse_max_rows_ && !runs_wgmma_sparse(l, m);
+  }
+  bool runs_hopper(const DeviceLinear<T>& l, int m) const {
+    return !runs_sparse(l, m) && !runs_wgmma_sparse(l, m) && m <= hopper_max_rows_;
+  }
 
   // Elements of the split-K partial buffer for a workspace of `rows` rows: the most splits any O or FFN2 GEMM
   // takes (a single-row batch has the fewest tiles, so the most splits) for the rows the CUTLASS path serves.
@@ -412,6 +462,12 @@ class CudaEngine final : public Backend {
   }
 
   void linear(const DeviceLinear<T>& l, const T* x, int m, const T* residual, T* y, Epilogue epi) {
+#ifdef ET_WITH_HOPPER_SPARSE
+    if (runs_wgmma_sparse(l, m)) {
+      hopper_sparse::gemm<T>(l.hw, x, m, l.bias.template as<T>(), residual, y, epi, sms_, layer_stream());
+      return;
+    }
+#endif
     if (runs_sparse(l, m)) {
       sparse_gemm<T>(l.sw, x, m, l.bias.template as<T>(), residual, y, epi, sparse_dev_, sparse_bm_, layer_stream());
       return;
@@ -529,6 +585,9 @@ class CudaEngine final : public Backend {
   bool early_launch_ = false;
   Epilogue gelu_ = Epilogue::kBiasGeluTanh;
   int64_t sparse_max_rows_ = kDefaultSparseMaxRows;
+  double sparse_max_density_ = kDefaultSparseMaxDensity;  // the mma.sync tile-sparse kernel (small batches)
+  double wgmma_max_density_ = 0.0;                        // the wgmma one (large batches); 0: not available
+  int64_t wgmma_min_rows_ = kDefaultHopperSparseMinRows;
   int64_t hopper_max_rows_ = -1;  // -1: no CUTLASS path (not built, not sm_90, or bf16)
   std::vector<int> by_length_;    // stage(): the batch's sequences, longest first
   int sms_ = 0;                   // the GPU's multiprocessors

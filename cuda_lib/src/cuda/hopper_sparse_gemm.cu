@@ -1,0 +1,385 @@
+// Tile-sparse GEMM for large batches on Hopper: Y = epilogue(X . W^T + b) with W kept as 16x16 tiles only.
+//
+// A block owns 128 rows of X and a slab of W's tile rows. Two consumer warpgroups (64 rows of X each) and one
+// producer warp:
+//  - the consumers copy the block's rows of one K chunk (768 columns) of X into shared memory once (cp.async,
+//    laid out as wgmma's K-major core matrices, no swizzle), then walk the slab's tile rows in groups of kTR,
+//    holding a 64 x 16 fp32 accumulator per tile row of the group. Per kept tile: one wgmma m64n16k16 whose A
+//    descriptor points at the tile's 16 columns of X and whose B descriptor points at the tile in the ring;
+//    a removed tile costs nothing. The epilogue of a tile row (bias, bias+GELU or bias+residual) runs while the
+//    next row's MMAs are in flight. K beyond one chunk: the group's accumulators stay in registers while the
+//    next chunk of X replaces the previous one (the host then gives a block at most one group).
+//  - the producer warp streams the slab's kept tiles, in the consumers' order, into a ring of kSlots stages of
+//    at most kSlotTiles tiles: one bulk asynchronous copy per stage (the tiles of one tile row within one chunk
+//    are contiguous in the CSR order), completing on the stage's "full" mbarrier; the consumers release a stage
+//    on its "empty" mbarrier once the MMAs that read it are done. Weights only: it starts before the kernel
+//    waits for the one before it (programmatic dependent launch).
+// Why this shape (cuda_lib/NOTES.md, session 8): the mma.sync kernel (sparse_gemm.cu) spends its time waiting on
+// W-tile loads issued by the same warps that multiply; here the copies run ahead on their own warp and the
+// tensor cores take 64 rows of X per instruction.
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "hopper_sparse_gemm.h"
+
+namespace et::cuda::hopper_sparse {
+namespace {
+
+constexpr int kBM = 128;                       // rows of X per block (two warpgroups of 64)
+constexpr int kTR = 12;                        // tile rows of a group: accumulators held at once (8 registers each)
+constexpr int kSlotTiles = 8;                  // kept tiles per ring stage
+constexpr int kSlots = 8;                      // ring stages (a power of two)
+constexpr int kConsumers = 256;                // two warpgroups
+constexpr int kThreads = kConsumers + 32;      // + the producer warp
+constexpr int kXRowGroupBytes = kChunk * 16;   // 8 rows of a chunk as core matrices: wgmma's stride byte offset
+constexpr int kXBytes = kBM * kChunk * 2;
+constexpr int kSlotBytes = kSlotTiles * kRecordBytes;
+constexpr int kMetaOffset = kXBytes + kSlots * kSlotBytes;  // per stage: tiles | more << 16
+constexpr int kBarOffset = kMetaOffset + kSlots * 4;        // kSlots "full" then kSlots "empty" mbarriers
+constexpr int kSmemBytes = kBarOffset + 2 * kSlots * 8;
+constexpr unsigned kFullMask = 0xffffffffu;
+static_assert((kSlots & (kSlots - 1)) == 0, "kSlots must be a power of two");
+static_assert(kBarOffset % 8 == 0, "mbarriers need 8-byte alignment");
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// The spin loop lives inside the asm (a C++ loop around try_wait makes ptxas serialize the wgmmas after it).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n .reg .pred p;\n WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n @!p bra WAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// bytes from global src to shared dst (both 16-byte aligned), completing as transactions on mbarrier bar.
+__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumers) : "memory"); }
+__device__ __forceinline__ uint32_t ld_shared_u32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+
+// wgmma shared-memory matrix descriptor, no swizzle: start address, leading byte offset (between the two core
+// matrices along K), stride byte offset (between groups of 8 rows).
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
+         (static_cast<uint64_t>(sbo >> 4) << 32);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// d[64 x 16] += A[64 x 16] . B[16 x 16]^T, both K-major in shared memory.
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n16k16(float (&d)[8], uint64_t a, uint64_t b) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "l"(a), "l"(b));
+  } else {
+    asm volatile(
+        "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "l"(a), "l"(b));
+  }
+}
+
+// Copy rows m0 .. m0 + 127 (zero past m) of X's columns c0 .. c0 + width into shared memory as core matrices:
+// element (row, col) at (row / 8) * kXRowGroupBytes + (col / 8) * 128 + (row % 8) * 16 + (col % 8) * 2. A warp
+// writes 512 contiguous bytes per instruction (conflict-free) and reads 64 contiguous bytes of 8 rows.
+template <typename T>
+__device__ __forceinline__ void load_x_chunk(unsigned char* sx, const T* __restrict__ x, int m, int m0, int k, int c0,
+                                             int width, int tid) {
+  const int groups = width / 8;  // 16-byte column groups per row
+  for (int i = tid; i < kBM * groups; i += kConsumers) {
+    const int r8 = i & 7, t = i >> 3;
+    const int g = t % groups, rg = t / groups;
+    const int row = rg * 8 + r8;
+    const bool ok = m0 + row < m;
+    const T* src = ok ? x + static_cast<size_t>(m0 + row) * k + c0 + g * 8 : x;
+    cp_async16(sx + rg * kXRowGroupBytes + g * 128 + r8 * 16, src, ok);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic-proxy writes, read by wgmma
+  consumers_sync();
+}
+
+// Epilogue operands of one tile row for this thread: the bias at its two column pairs and, for the residual
+// epilogue, the residual at its four accumulator pairs; requested before the row's MMAs.
+struct RowOperands {
+  uint32_t bias[2];
+  uint32_t res[2][2];
+};
+
+template <typename T>
+__device__ __forceinline__ void load_operands(RowOperands& ops, const T* __restrict__ bias,
+                                              const T* __restrict__ residual, int tr, int row_base, int m, int n,
+                                              int epi, int lane) {
+  const bool add_res = epi == static_cast<int>(Epilogue::kBiasResidual);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int col = tr * kTile + h * 8 + 2 * (lane & 3);
+    ops.bias[h] = __ldg(reinterpret_cast<const unsigned int*>(bias + col));
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int row = row_base + q * 8;
+      ops.res[h][q] = add_res && row < m
+                          ? __ldg(reinterpret_cast<const unsigned int*>(residual + static_cast<size_t>(row) * n + col))
+                          : 0u;
+    }
+  }
+}
+
+// Write tile row tr's 16 columns of this thread's two rows: accumulator element 4h + 2q + e is row row_base + 8q,
+// column tr * 16 + 8h + 2 * (lane % 4) + e (wgmma's m64nN f32 fragment).
+template <typename T>
+__device__ __forceinline__ void store_row(const float (&d)[8], const RowOperands& ops, T* __restrict__ y, int tr,
+                                          int row_base, int m, int n, int epi, int lane) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int col = tr * kTile + h * 8 + 2 * (lane & 3);
+    const float2 b = Elem<T>::unpack2(ops.bias[h]);
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int row = row_base + q * 8;
+      if (row >= m) continue;
+      float v0 = d[4 * h + 2 * q] + b.x, v1 = d[4 * h + 2 * q + 1] + b.y;
+      if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
+        v0 = gelu_erf(v0);
+        v1 = gelu_erf(v1);
+      } else if (epi == static_cast<int>(Epilogue::kBiasGeluTanh)) {
+        v0 = gelu_tanh(v0);
+        v1 = gelu_tanh(v1);
+      } else if (epi == static_cast<int>(Epilogue::kBiasResidual)) {
+        const float2 r = Elem<T>::unpack2(ops.res[h][q]);
+        v0 += r.x;
+        v1 += r.y;
+      }
+      *reinterpret_cast<uint32_t*>(y + static_cast<size_t>(row) * n + col) = Elem<T>::pack2(v0, v1);
+    }
+  }
+}
+
+// Producer warp: the slab's stages in the consumers' order (group, chunk, tile row, then at most kSlotTiles
+// tiles at a time; a tile row with no tile in the chunk still gets one empty stage).
+__device__ __forceinline__ void produce(const Weight& w, int row0, int row_end, uint32_t ring, int* meta,
+                                        uint32_t full, uint32_t empty, int lane) {
+  const int chunks = w.chunks;
+  const unsigned char* records = static_cast<const unsigned char*>(w.records);
+  int stage = 0;
+  for (int r0 = row0; r0 < row_end; r0 += kTR) {
+    for (int c = 0; c < chunks; ++c) {
+      const int r = r0 + lane;
+      int lo = 0, hi = 0;
+      if (lane < kTR && r < row_end) {
+        lo = __ldg(w.cut + static_cast<size_t>(r) * (chunks + 1) + c);
+        hi = __ldg(w.cut + static_cast<size_t>(r) * (chunks + 1) + c + 1);
+      }
+      const int rows = min(kTR, row_end - r0);
+      for (int j = 0; j < rows; ++j) {
+        int a = __shfl_sync(kFullMask, lo, j);
+        const int b = __shfl_sync(kFullMask, hi, j);
+        bool more = true;
+        while (more) {
+          const int tiles = min(b - a, kSlotTiles);
+          const int slot = stage & (kSlots - 1);
+          mbar_wait(empty + 8 * slot, ((stage / kSlots) & 1) ^ 1);
+          more = a + tiles < b;
+          if (lane == 0) {
+            meta[slot] = tiles | (more ? 1 << 16 : 0);
+            mbar_arrive_expect_tx(full + 8 * slot, tiles * kRecordBytes);
+            if (tiles > 0)
+              bulk_copy(ring + slot * kSlotBytes, records + static_cast<size_t>(a) * kRecordBytes,
+                        tiles * kRecordBytes, full + 8 * slot);
+          }
+          a += tiles;
+          ++stage;
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1)
+    tile_sparse_wgmma_kernel(const T* __restrict__ x, int m, Weight w, int rows_per_block, const T* __restrict__ bias,
+                             const T* __restrict__ residual, T* __restrict__ y, int epi) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t sx = smem_addr(smem);
+  const uint32_t ring = sx + kXBytes;
+  int* meta = reinterpret_cast<int*>(smem + kMetaOffset);
+  const uint32_t full = sx + kBarOffset, empty = full + 8 * kSlots;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int row0 = blockIdx.y * rows_per_block;
+  const int row_end = min(row0 + rows_per_block, w.n / kTile);
+  if (tid == 0) {
+    for (int s = 0; s < kSlots; ++s) {
+      mbar_init(full + 8 * s, 1);
+      mbar_init(empty + 8 * s, 2);  // one arrival per consumer warpgroup
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (tid >= kConsumers) {
+    produce(w, row0, row_end, ring, meta, full, empty, lane);
+    return;
+  }
+
+  pdl_enter();  // X and the residual come from earlier kernels
+  const int wg = tid >> 7, warp = (tid >> 5) & 3;
+  const int m0 = blockIdx.x * kBM;
+  const int row_base = m0 + wg * 64 + warp * 16 + (lane >> 2);  // this thread's first output row
+  const uint64_t desc_x = smem_desc(sx + wg * 8 * kXRowGroupBytes, 128, kXRowGroupBytes);
+  const bool releaser = (tid & 127) == 0;
+  int stage = 0, released = 0;
+  float acc[kTR][8];
+  RowOperands ops[2];
+
+  for (int r0 = row0; r0 < row_end; r0 += kTR) {
+    const int rows = min(kTR, row_end - r0);
+#pragma unroll
+    for (int j = 0; j < kTR; ++j)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[j][e] = 0.0f;
+    for (int c = 0; c < w.chunks; ++c) {
+      const bool last_chunk = c + 1 == w.chunks;
+      if (r0 == row0 || w.chunks > 1) {
+        if (r0 != row0 || c > 0) consumers_sync();  // every warpgroup is done with the previous chunk
+        load_x_chunk<T>(smem, x, m, m0, w.k, c * kChunk, min(kChunk, w.k - c * kChunk), tid);
+      }
+#pragma unroll
+      for (int j = 0; j < kTR; ++j) {
+        if (j < rows) {
+          if (last_chunk) load_operands<T>(ops[j & 1], bias, residual, r0 + j, row_base, m, w.n, epi, lane);
+          bool more = true;
+          while (more) {
+            const int slot = stage & (kSlots - 1);
+            mbar_wait(full + 8 * slot, (stage / kSlots) & 1);
+            const int info = __shfl_sync(kFullMask, meta[slot], 0);  // warp-uniform to the compiler
+            more = (info >> 16) != 0;
+            const uint32_t rec = ring + slot * kSlotBytes;
+            wgmma_fence();  // here, not earlier: else ptxas adds its own in a divergent path and serializes the MMAs
+            for (int t = 0; t < (info & 0xffff); ++t) {
+              const uint32_t col = ld_shared_u32(rec + t * kRecordBytes);
+              wgmma_m64n16k16<T>(acc[j], desc_x + col * 16,  // + col * 256 bytes, in 16-byte units
+                                 smem_desc(rec + t * kRecordBytes + 16, 128, 256));
+            }
+            wgmma_commit();
+            wgmma_wait<1>();  // every stage before this one is done: release them
+            for (; released < stage; ++released)
+              if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
+            ++stage;
+          }
+          if (last_chunk && j > 0) store_row<T>(acc[j - 1], ops[(j - 1) & 1], y, r0 + j - 1, row_base, m, w.n, epi, lane);
+        }
+      }
+      wgmma_wait<0>();
+      for (; released < stage; ++released)
+        if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
+      if (last_chunk) {
+#pragma unroll
+        for (int j = 0; j < kTR; ++j)
+          if (j == rows - 1) store_row<T>(acc[j], ops[j & 1], y, r0 + j, row_base, m, w.n, epi, lane);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int shared_bytes() { return kSmemBytes; }
+
+template <typename T>
+std::vector<T> pack_records(const PreparedLinear& p) {
+  constexpr int kElems = kRecordBytes / 2;
+  std::vector<T> out(static_cast<size_t>(p.kept_tiles) * kElems, T(0.0f));
+  const int rows = p.n / kTile;
+  for (int tr = 0; tr < rows; ++tr)
+    for (int i = p.row_ptr[tr]; i < p.row_ptr[tr + 1]; ++i) {
+      T* rec = out.data() + static_cast<size_t>(i) * kElems;
+      const int32_t col = p.tile_col[i];
+      std::memcpy(rec, &col, sizeof col);
+      T* tile = rec + 8;
+      for (int r = 0; r < kTile; ++r)
+        for (int c = 0; c < kTile; ++c)
+          tile[((r / 8) * 2 + c / 8) * 64 + (r % 8) * 8 + c % 8] =
+              T(p.dense[static_cast<size_t>(tr * kTile + r) * p.k + static_cast<size_t>(col) * kTile + c]);
+    }
+  return out;
+}
+
+std::vector<int32_t> chunk_cuts(const PreparedLinear& p) {
+  const int rows = p.n / kTile, chunks = chunk_count(p.k);
+  const int chunk_tiles = kChunk / kTile;
+  std::vector<int32_t> cut;
+  cut.reserve(static_cast<size_t>(rows) * (chunks + 1));
+  for (int tr = 0; tr < rows; ++tr) {
+    int i = p.row_ptr[tr];
+    for (int c = 0; c < chunks; ++c) {
+      while (i < p.row_ptr[tr + 1] && p.tile_col[i] < c * chunk_tiles) ++i;
+      cut.push_back(i);
+    }
+    cut.push_back(p.row_ptr[tr + 1]);
+  }
+  return cut;
+}
+
+template <typename T>
+void gemm(const Weight& w, const T* x, int m, const T* bias, const T* residual, T* y, Epilogue epi, int sms,
+          const Stream& s) {
+  if (m <= 0) return;
+  auto kernel = tile_sparse_wgmma_kernel<T>;
+  {
+    static std::mutex mu;
+    static std::set<int> allowed;  // devices whose shared-memory allowance is set
+    int device = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    const std::lock_guard<std::mutex> lock(mu);
+    if (allowed.insert(device).second)
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),
+            "cudaFuncSetAttribute(tile_sparse_wgmma)");
+  }
+  const int tile_rows = w.n / kTile;
+  const int groups = (tile_rows + kTR - 1) / kTR;
+  const int m_blocks = (m + kBM - 1) / kBM;
+  // One wave: as many slabs as blocks fit beside the row blocks; with K in several chunks one group a block
+  // (its accumulators cannot wait for a second group while X's chunks go by).
+  const int slabs = w.chunks > 1 ? groups : std::clamp(sms / m_blocks, 1, groups);
+  const int rows_per_block = (tile_rows + slabs - 1) / slabs;
+  const int used = (tile_rows + rows_per_block - 1) / rows_per_block;
+  launch("tile_sparse_wgmma", kernel, dim3(m_blocks, used), dim3(kThreads), kSmemBytes, s, x, m, w, rows_per_block,
+         bias, residual, y, static_cast<int>(epi));
+}
+
+template std::vector<__half> pack_records<__half>(const PreparedLinear&);
+template std::vector<__nv_bfloat16> pack_records<__nv_bfloat16>(const PreparedLinear&);
+template void gemm<__half>(const Weight&, const __half*, int, const __half*, const __half*, __half*, Epilogue, int,
+                           const Stream&);
+template void gemm<__nv_bfloat16>(const Weight&, const __nv_bfloat16*, int, const __nv_bfloat16*,
+                                  const __nv_bfloat16*, __nv_bfloat16*, Epilogue, int, const Stream&);
+
+}  // namespace et::cuda::hopper_sparse
