@@ -284,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             const uint32_t rec = ring + slot * kSlotBytes;
             wgmma_fence();  // here, not earlier: else ptxas adds its own in a divergent path and serializes the MMAs
             for (int t = 0; t < (info & 0xffff); ++t) {
-              const uint32_t col = ld_shared_u32(rec + t * kRecordBytes);
+              const uint32_t col = ld_shared_u32(rec + t * kRecordBytes) - c * (kChunk / kTile);  // in the chunk
               wgmma_m64n16k16<T>(acc[j], desc_x + col * 16,  // + col * 256 bytes, in 16-byte units
                                  smem_desc(rec + t * kRecordBytes + 16, 128, 256));
             }
