@@ -32,16 +32,23 @@ namespace {
 
 constexpr int kBM = 128;                       // rows of X per block (two warpgroups of 64)
 constexpr int kTR = 12;                        // tile rows of a group: accumulators held at once (8 registers each)
-constexpr int kSlotTiles = 8;                  // kept tiles per ring stage
+constexpr int kQuad = 4;                       // tile rows whose tiles a stage interleaves (independent MMA chains)
+constexpr int kPerRow = 2;                     // kept tiles of each of them per ring stage
+constexpr int kSlotTiles = kQuad * kPerRow;
 constexpr int kSlots = 8;                      // ring stages (a power of two)
+static_assert(kTR % kQuad == 0, "a group is whole quads");
 constexpr int kConsumers = 256;                // two warpgroups
-constexpr int kThreads = kConsumers + 32;      // + the producer warp
+constexpr int kThreads = kConsumers + 128;     // + the producer warpgroup (one warp of it works)
+constexpr int kProducerRegs = 40;              // registers per thread after setmaxnreg: the producer warpgroup
+constexpr int kConsumerRegs = 232;             // and the consumers (128 x 40 + 256 x 232 <= 64K)
 constexpr int kXRowGroupBytes = kChunk * 16;   // 8 rows of a chunk as core matrices: wgmma's stride byte offset
 constexpr int kXBytes = kBM * kChunk * 2;
 constexpr int kSlotBytes = kSlotTiles * kRecordBytes;
-constexpr int kMetaOffset = kXBytes + kSlots * kSlotBytes;  // per stage: tiles | more << 16
+constexpr int kMetaOffset = kXBytes + kSlots * kSlotBytes;  // per stage: 4-bit tile counts of the quad's rows | more << 16
 constexpr int kBarOffset = kMetaOffset + kSlots * 4;        // kSlots "full" then kSlots "empty" mbarriers
-constexpr int kSmemBytes = kBarOffset + 2 * kSlots * 8;
+constexpr int kMaxRowsPerBlock = 48;                        // tile rows of a block: their biases in shared memory
+constexpr int kBiasOffset = kBarOffset + 2 * kSlots * 8;
+constexpr int kSmemBytes = kBiasOffset + kMaxRowsPerBlock * kTile * 2;
 constexpr unsigned kFullMask = 0xffffffffu;
 static_assert((kSlots & (kSlots - 1)) == 0, "kSlots must be a power of two");
 static_assert(kBarOffset % 8 == 0, "mbarriers need 8-byte alignment");
@@ -128,41 +135,17 @@ __device__ __forceinline__ void load_x_chunk(unsigned char* sx, const T* __restr
   consumers_sync();
 }
 
-// Epilogue operands of one tile row for this thread: the bias at its two column pairs and, for the residual
-// epilogue, the residual at its four accumulator pairs; requested before the row's MMAs.
-struct RowOperands {
-  uint32_t bias[2];
-  uint32_t res[2][2];
-};
-
-template <typename T>
-__device__ __forceinline__ void load_operands(RowOperands& ops, const T* __restrict__ bias,
-                                              const T* __restrict__ residual, int tr, int row_base, int m, int n,
-                                              int epi, int lane) {
-  const bool add_res = epi == static_cast<int>(Epilogue::kBiasResidual);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int col = tr * kTile + h * 8 + 2 * (lane & 3);
-    ops.bias[h] = __ldg(reinterpret_cast<const unsigned int*>(bias + col));
-#pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      const int row = row_base + q * 8;
-      ops.res[h][q] = add_res && row < m
-                          ? __ldg(reinterpret_cast<const unsigned int*>(residual + static_cast<size_t>(row) * n + col))
-                          : 0u;
-    }
-  }
-}
-
 // Write tile row tr's 16 columns of this thread's two rows: accumulator element 4h + 2q + e is row row_base + 8q,
-// column tr * 16 + 8h + 2 * (lane % 4) + e (wgmma's m64nN f32 fragment).
+// column tr * 16 + 8h + 2 * (lane % 4) + e (wgmma's m64nN f32 fragment). The bias comes from shared memory
+// (sbias: the row's 16 values) and the residual straight from global memory: no load may still be in flight at
+// the next wgmma.fence, which waits for this warpgroup's pending register writes (NOTES.md, session 8 run 51).
 template <typename T>
-__device__ __forceinline__ void store_row(const float (&d)[8], const RowOperands& ops, T* __restrict__ y, int tr,
-                                          int row_base, int m, int n, int epi, int lane) {
+__device__ __forceinline__ void store_row(const float (&d)[8], const T* sbias, const T* __restrict__ residual,
+                                          T* __restrict__ y, int tr, int row_base, int m, int n, int epi, int lane) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int col = tr * kTile + h * 8 + 2 * (lane & 3);
-    const float2 b = Elem<T>::unpack2(ops.bias[h]);
+    const float2 b = Elem<T>::unpack2(*reinterpret_cast<const uint32_t*>(sbias + h * 8 + 2 * (lane & 3)));
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
       const int row = row_base + q * 8;
@@ -175,7 +158,8 @@ __device__ __forceinline__ void store_row(const float (&d)[8], const RowOperands
         v0 = gelu_tanh(v0);
         v1 = gelu_tanh(v1);
       } else if (epi == static_cast<int>(Epilogue::kBiasResidual)) {
-        const float2 r = Elem<T>::unpack2(ops.res[h][q]);
+        const float2 r =
+            Elem<T>::unpack2(__ldg(reinterpret_cast<const unsigned int*>(residual + static_cast<size_t>(row) * n + col)));
         v0 += r.x;
         v1 += r.y;
       }
@@ -184,39 +168,49 @@ __device__ __forceinline__ void store_row(const float (&d)[8], const RowOperands
   }
 }
 
-// Producer warp: the slab's stages in the consumers' order (group, chunk, tile row, then at most kSlotTiles
-// tiles at a time; a tile row with no tile in the chunk still gets one empty stage).
+// Producer warp: the slab's stages in the consumers' order: group, chunk, quad of tile rows, then the next kPerRow
+// kept tiles of each of the quad's rows in the chunk (row r's at slot tile r * kPerRow); a quad with no tile in the
+// chunk still gets one empty stage. One bulk copy per row and stage (a row's tiles within a chunk are contiguous).
 __device__ __forceinline__ void produce(const Weight& w, int row0, int row_end, uint32_t ring, int* meta,
                                         uint32_t full, uint32_t empty, int lane) {
   const int chunks = w.chunks;
   const unsigned char* records = static_cast<const unsigned char*>(w.records);
   int stage = 0;
   for (int r0 = row0; r0 < row_end; r0 += kTR) {
+    const int rows = min(kTR, row_end - r0);
     for (int c = 0; c < chunks; ++c) {
-      const int r = r0 + lane;
+      // lane r < kTR: row r0 + r's tiles [lo, hi) in chunk c, advanced by kPerRow per stage
       int lo = 0, hi = 0;
-      if (lane < kTR && r < row_end) {
-        lo = __ldg(w.cut + static_cast<size_t>(r) * (chunks + 1) + c);
-        hi = __ldg(w.cut + static_cast<size_t>(r) * (chunks + 1) + c + 1);
+      if (lane < rows) {
+        lo = __ldg(w.cut + static_cast<size_t>(r0 + lane) * (chunks + 1) + c);
+        hi = __ldg(w.cut + static_cast<size_t>(r0 + lane) * (chunks + 1) + c + 1);
       }
-      const int rows = min(kTR, row_end - r0);
-      for (int j = 0; j < rows; ++j) {
-        int a = __shfl_sync(kFullMask, lo, j);
-        const int b = __shfl_sync(kFullMask, hi, j);
+      for (int q = 0; q < rows; q += kQuad) {
+        const bool mine = lane >= q && lane < q + kQuad;
         bool more = true;
         while (more) {
-          const int tiles = min(b - a, kSlotTiles);
+          const int n = mine ? min(hi - lo, kPerRow) : 0;  // this lane's row: tiles in this stage
           const int slot = stage & (kSlots - 1);
           mbar_wait(empty + 8 * slot, ((stage / kSlots) & 1) ^ 1);
-          more = a + tiles < b;
-          if (lane == 0) {
-            meta[slot] = tiles | (more ? 1 << 16 : 0);
-            mbar_arrive_expect_tx(full + 8 * slot, tiles * kRecordBytes);
-            if (tiles > 0)
-              bulk_copy(ring + slot * kSlotBytes, records + static_cast<size_t>(a) * kRecordBytes,
-                        tiles * kRecordBytes, full + 8 * slot);
+          int packed = mine ? n << (4 * (lane - q)) : 0;
+          int bytes = n * kRecordBytes;
+#pragma unroll
+          for (int off = 1; off < kQuad; off <<= 1) {  // lanes q .. q + 3 hold the quad: sum within the quad
+            packed += __shfl_down_sync(kFullMask, packed, off);
+            bytes += __shfl_down_sync(kFullMask, bytes, off);
           }
-          a += tiles;
+          packed = __shfl_sync(kFullMask, packed, q);
+          bytes = __shfl_sync(kFullMask, bytes, q);
+          more = __any_sync(kFullMask, mine && lo + n < hi);
+          if (lane == q) {
+            meta[slot] = packed | (more ? 1 << 16 : 0);
+            mbar_arrive_expect_tx(full + 8 * slot, bytes);
+          }
+          __syncwarp();
+          if (n > 0)  // after the expect_tx above: each row's copy from its own lane
+            bulk_copy(ring + slot * kSlotBytes + (lane - q) * kPerRow * kRecordBytes,
+                      records + static_cast<size_t>(lo) * kRecordBytes, n * kRecordBytes, full + 8 * slot);
+          lo += n;
           ++stage;
         }
       }
@@ -245,9 +239,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
   if (tid >= kConsumers) {
-    produce(w, row0, row_end, ring, meta, full, empty, lane);
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    if (tid < kConsumers + 32) produce(w, row0, row_end, ring, meta, full, empty, lane);
     return;
   }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
 
   pdl_enter();  // X and the residual come from earlier kernels
   const int wg = tid >> 7, warp = (tid >> 5) & 3;
@@ -257,7 +253,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool releaser = (tid & 127) == 0;
   int stage = 0, released = 0;
   float acc[kTR][8];
-  RowOperands ops[2];
+  T* sbias = reinterpret_cast<T*>(smem + kBiasOffset);  // the block's tile rows' biases
+  for (int i = tid; i < (row_end - row0) * kTile / 2; i += kConsumers)
+    reinterpret_cast<uint32_t*>(sbias)[i] = __ldg(reinterpret_cast<const unsigned int*>(bias + row0 * kTile) + i);
+  // (the first X chunk's barrier below also makes them visible to every consumer)
 
   for (int r0 = row0; r0 < row_end; r0 += kTR) {
     const int rows = min(kTR, row_end - r0);
@@ -272,9 +271,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         load_x_chunk<T>(smem, x, m, m0, w.k, c * kChunk, min(kChunk, w.k - c * kChunk), tid);
       }
 #pragma unroll
-      for (int j = 0; j < kTR; ++j) {
-        if (j < rows) {
-          if (last_chunk) load_operands<T>(ops[j & 1], bias, residual, r0 + j, row_base, m, w.n, epi, lane);
+      for (int q = 0; q < kTR; q += kQuad) {
+        if (q < rows) {
           bool more = true;
           while (more) {
             const int slot = stage & (kSlots - 1);
@@ -283,18 +281,27 @@ __global__ void __launch_bounds__(kThreads, 1)
             more = (info >> 16) != 0;
             const uint32_t rec = ring + slot * kSlotBytes;
             wgmma_fence();  // here, not earlier: else ptxas adds its own in a divergent path and serializes the MMAs
-            for (int t = 0; t < (info & 0xffff); ++t) {
-              const uint32_t col = ld_shared_u32(rec + t * kRecordBytes) - c * (kChunk / kTile);  // in the chunk
-              wgmma_m64n16k16<T>(acc[j], desc_x + col * 16,  // + col * 256 bytes, in 16-byte units
-                                 smem_desc(rec + t * kRecordBytes + 16, 128, 256));
-            }
+#pragma unroll
+            for (int t = 0; t < kPerRow; ++t)
+#pragma unroll
+              for (int r = 0; r < kQuad; ++r)  // consecutive MMAs into the quad's four accumulators
+                if (t < ((info >> (4 * r)) & 0xf)) {
+                  const uint32_t tile = rec + (r * kPerRow + t) * kRecordBytes;
+                  const uint32_t col = ld_shared_u32(tile) - c * (kChunk / kTile);  // in the chunk
+                  wgmma_m64n16k16<T>(acc[q + r], desc_x + col * 16,  // + col * 256 bytes, in 16-byte units
+                                     smem_desc(tile + 16, 128, 256));
+                }
             wgmma_commit();
             wgmma_wait<1>();  // every stage before this one is done: release them
             for (; released < stage; ++released)
               if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
             ++stage;
           }
-          if (last_chunk && j > 0) store_row<T>(acc[j - 1], ops[(j - 1) & 1], y, r0 + j - 1, row_base, m, w.n, epi, lane);
+          if (last_chunk && q > 0)  // the quad before is done: its epilogue under this quad's last MMAs
+#pragma unroll
+            for (int r = 0; r < kQuad; ++r)
+              store_row<T>(acc[q - kQuad + r], sbias + (r0 - row0 + q - kQuad + r) * kTile, residual, y,
+                           r0 + q - kQuad + r, row_base, m, w.n, epi, lane);
         }
       }
       wgmma_wait<0>();
@@ -302,8 +309,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
       if (last_chunk) {
 #pragma unroll
-        for (int j = 0; j < kTR; ++j)
-          if (j == rows - 1) store_row<T>(acc[j], ops[j & 1], y, r0 + j, row_base, m, w.n, epi, lane);
+        for (int q = 0; q < kTR; q += kQuad)
+          if (q < rows && q + kQuad >= rows)  // the last quad
+#pragma unroll
+            for (int r = 0; r < kQuad; ++r)
+              if (q + r < rows)
+                store_row<T>(acc[q + r], sbias + (r0 - row0 + q + r) * kTile, residual, y, r0 + q + r, row_base, m,
+                             w.n, epi, lane);
       }
     }
   }
@@ -368,7 +380,8 @@ void gemm(const Weight& w, const T* x, int m, const T* bias, const T* residual, 
   const int m_blocks = (m + kBM - 1) / kBM;
   // One wave: as many slabs as blocks fit beside the row blocks; with K in several chunks one group a block
   // (its accumulators cannot wait for a second group while X's chunks go by).
-  const int slabs = w.chunks > 1 ? groups : std::clamp(sms / m_blocks, 1, groups);
+  const int least = (tile_rows + kMaxRowsPerBlock - 1) / kMaxRowsPerBlock;  // biases fit in shared memory
+  const int slabs = w.chunks > 1 ? groups : std::clamp(sms / m_blocks, least, groups);
   const int rows_per_block = (tile_rows + slabs - 1) / slabs;
   const int used = (tile_rows + rows_per_block - 1) / rows_per_block;
   launch("tile_sparse_wgmma", kernel, dim3(m_blocks, used), dim3(kThreads), kSmemBytes, s, x, m, w, rows_per_block,
