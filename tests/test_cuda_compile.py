@@ -8,7 +8,7 @@ headers are not installed next to nvcc (they come with the full CUDA toolkit, no
 ``hopper_gemm.cu`` (CUTLASS's Hopper kernels) is built for sm_90a only, as CMake builds it, with the headers of
 the nvidia-cutlass package (requirements-nodeps.txt), and the engine is compiled with it enabled too.
 ``hopper_sparse_gemm.cu`` (the wgmma tile-sparse GEMM) is built for sm_90a only as well, needs no CUTLASS, and must
-compile without ptxas serializing its warpgroup MMAs (the C7520 performance warning).
+compile without ptxas serializing its warpgroup MMAs (its "Potential Performance Loss" notes, C7514 / C7520).
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ def test_engine_compiles_with_the_cutlass_path(compiled):
 def test_wgmma_sparse_kernel_is_not_serialized(compiled):
     result = compiled[HOPPER_SPARSE]
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "C7520" not in result.stderr, "ptxas serializes the warpgroup MMAs:\n" + "\n".join(
-            line for line in result.stderr.splitlines() if "C7520" in line)
+    lost = [line for line in result.stderr.splitlines() if "Potential Performance Loss" in line]
+    assert not lost, "ptxas serializes the warpgroup MMAs:\n" + "\n".join(lost)
 
 
 def test_engine_compiles_with_the_wgmma_sparse_path(compiled):

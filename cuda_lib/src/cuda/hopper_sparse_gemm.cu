@@ -46,9 +46,8 @@ constexpr int kXBytes = kBM * kChunk * 2;
 constexpr int kSlotBytes = kSlotTiles * kRecordBytes;
 constexpr int kMetaOffset = kXBytes + kSlots * kSlotBytes;  // per stage: 4-bit tile counts of the quad's rows | more << 16
 constexpr int kBarOffset = kMetaOffset + kSlots * 4;        // kSlots "full" then kSlots "empty" mbarriers
-constexpr int kMaxRowsPerBlock = 48;                        // tile rows of a block: their biases in shared memory
-constexpr int kBiasOffset = kBarOffset + 2 * kSlots * 8;
-constexpr int kSmemBytes = kBiasOffset + kMaxRowsPerBlock * kTile * 2;
+constexpr int kZeroOffset = kBarOffset + 2 * kSlots * 8;    // a record of zeros: the MMA of a stage's empty place
+constexpr int kSmemBytes = kZeroOffset + kRecordBytes;
 constexpr unsigned kFullMask = 0xffffffffu;
 static_assert((kSlots & (kSlots - 1)) == 0, "kSlots must be a power of two");
 static_assert(kBarOffset % 8 == 0, "mbarriers need 8-byte alignment");
@@ -135,35 +134,57 @@ __device__ __forceinline__ void load_x_chunk(unsigned char* sx, const T* __restr
   consumers_sync();
 }
 
-// Write tile row tr's 16 columns of this thread's two rows: accumulator element 4h + 2q + e is row row_base + 8q,
-// column tr * 16 + 8h + 2 * (lane % 4) + e (wgmma's m64nN f32 fragment). The bias comes from shared memory
-// (sbias: the row's 16 values) and the residual straight from global memory: no load may still be in flight at
-// the next wgmma.fence, which waits for this warpgroup's pending register writes (NOTES.md, session 8 run 51).
+// Write the 16 columns of tile rows tr0 .. tr0 + rows - 1 (at most a quad) for this thread's two output rows:
+// accumulator element 4h + 2q + e of row r is output row row_base + 8q, column (tr0 + r) * 16 + 8h + 2 * (lane % 4) + e
+// (wgmma's m64nN f32 fragment). Every bias and residual load of the quad is issued before the first use (one
+// memory round trip a quad), and none is left in flight at the next wgmma.fence, which waits for the warpgroup's
+// pending register writes (NOTES.md, session 8).
 template <typename T>
-__device__ __forceinline__ void store_row(const float (&d)[8], const T* sbias, const T* __restrict__ residual,
-                                          T* __restrict__ y, int tr, int row_base, int m, int n, int epi, int lane) {
+__device__ __forceinline__ void store_quad(float (&acc)[kTR][8], int j0, int rows, const T* __restrict__ bias,
+                                           const T* __restrict__ residual, T* __restrict__ y, int tr0, int row_base,
+                                           int m, int n, int epi, int lane) {
+  const bool add_res = epi == static_cast<int>(Epilogue::kBiasResidual);
+  uint32_t b[kQuad][2], res[kQuad][2][2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int col = tr * kTile + h * 8 + 2 * (lane & 3);
-    const float2 b = Elem<T>::unpack2(*reinterpret_cast<const uint32_t*>(sbias + h * 8 + 2 * (lane & 3)));
+  for (int r = 0; r < kQuad; ++r)
 #pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      const int row = row_base + q * 8;
-      if (row >= m) continue;
-      float v0 = d[4 * h + 2 * q] + b.x, v1 = d[4 * h + 2 * q + 1] + b.y;
-      if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
-        v0 = gelu_erf(v0);
-        v1 = gelu_erf(v1);
-      } else if (epi == static_cast<int>(Epilogue::kBiasGeluTanh)) {
-        v0 = gelu_tanh(v0);
-        v1 = gelu_tanh(v1);
-      } else if (epi == static_cast<int>(Epilogue::kBiasResidual)) {
-        const float2 r =
-            Elem<T>::unpack2(__ldg(reinterpret_cast<const unsigned int*>(residual + static_cast<size_t>(row) * n + col)));
-        v0 += r.x;
-        v1 += r.y;
+    for (int h = 0; h < 2; ++h) {
+      const int col = (tr0 + r) * kTile + h * 8 + 2 * (lane & 3);
+      b[r][h] = r < rows ? __ldg(reinterpret_cast<const unsigned int*>(bias + col)) : 0u;
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int row = row_base + q * 8;
+        res[r][h][q] = add_res && r < rows && row < m
+                           ? __ldg(reinterpret_cast<const unsigned int*>(residual + static_cast<size_t>(row) * n + col))
+                           : 0u;
       }
-      *reinterpret_cast<uint32_t*>(y + static_cast<size_t>(row) * n + col) = Elem<T>::pack2(v0, v1);
+    }
+#pragma unroll
+  for (int r = 0; r < kQuad; ++r) {
+    if (r >= rows) continue;
+    const float(&d)[8] = acc[j0 + r];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int col = (tr0 + r) * kTile + h * 8 + 2 * (lane & 3);
+      const float2 bb = Elem<T>::unpack2(b[r][h]);
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int row = row_base + q * 8;
+        if (row >= m) continue;
+        float v0 = d[4 * h + 2 * q] + bb.x, v1 = d[4 * h + 2 * q + 1] + bb.y;
+        if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
+          v0 = gelu_erf(v0);
+          v1 = gelu_erf(v1);
+        } else if (epi == static_cast<int>(Epilogue::kBiasGeluTanh)) {
+          v0 = gelu_tanh(v0);
+          v1 = gelu_tanh(v1);
+        } else if (add_res) {
+          const float2 rr = Elem<T>::unpack2(res[r][h][q]);
+          v0 += rr.x;
+          v1 += rr.y;
+        }
+        *reinterpret_cast<uint32_t*>(y + static_cast<size_t>(row) * n + col) = Elem<T>::pack2(v0, v1);
+      }
     }
   }
 }
@@ -253,10 +274,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool releaser = (tid & 127) == 0;
   int stage = 0, released = 0;
   float acc[kTR][8];
-  T* sbias = reinterpret_cast<T*>(smem + kBiasOffset);  // the block's tile rows' biases
-  for (int i = tid; i < (row_end - row0) * kTile / 2; i += kConsumers)
-    reinterpret_cast<uint32_t*>(sbias)[i] = __ldg(reinterpret_cast<const unsigned int*>(bias + row0 * kTile) + i);
-  // (the first X chunk's barrier below also makes them visible to every consumer)
+  const uint32_t zero = sx + kZeroOffset;
+  for (int i = tid; i < kRecordBytes / 4; i += kConsumers) reinterpret_cast<uint32_t*>(smem + kZeroOffset)[i] = 0u;
+  // (the first X chunk's proxy fence and barrier below also publish it to the MMAs)
 
   for (int r0 = row0; r0 < row_end; r0 += kTR) {
     const int rows = min(kTR, row_end - r0);
@@ -280,43 +300,43 @@ __global__ void __launch_bounds__(kThreads, 1)
             const int info = __shfl_sync(kFullMask, meta[slot], 0);  // warp-uniform to the compiler
             more = (info >> 16) != 0;
             const uint32_t rec = ring + slot * kSlotBytes;
-            wgmma_fence();  // here, not earlier: else ptxas adds its own in a divergent path and serializes the MMAs
+            // Every place of the stage gets an MMA, the empty ones (a row with fewer than kPerRow tiles left) on the
+            // zero record: straight-line wgmmas that ptxas batches (a branch around each one made it fence each).
+            uint64_t da[kSlotTiles], db[kSlotTiles];
+#pragma unroll
+            for (int t = 0; t < kPerRow; ++t)
+#pragma unroll
+              for (int r = 0; r < kQuad; ++r) {
+                const bool real = t < ((info >> (4 * r)) & 0xf);
+                const uint32_t tile = real ? rec + (r * kPerRow + t) * kRecordBytes : zero;
+                const uint32_t col = real ? ld_shared_u32(tile) - c * (kChunk / kTile) : 0u;  // in the chunk
+                da[t * kQuad + r] = desc_x + col * 16;  // + col * 256 bytes, in 16-byte units
+                db[t * kQuad + r] = smem_desc(tile + 16, 128, 256);
+              }
+            wgmma_fence();
 #pragma unroll
             for (int t = 0; t < kPerRow; ++t)
 #pragma unroll
               for (int r = 0; r < kQuad; ++r)  // consecutive MMAs into the quad's four accumulators
-                if (t < ((info >> (4 * r)) & 0xf)) {
-                  const uint32_t tile = rec + (r * kPerRow + t) * kRecordBytes;
-                  const uint32_t col = ld_shared_u32(tile) - c * (kChunk / kTile);  // in the chunk
-                  wgmma_m64n16k16<T>(acc[q + r], desc_x + col * 16,  // + col * 256 bytes, in 16-byte units
-                                     smem_desc(tile + 16, 128, 256));
-                }
+                wgmma_m64n16k16<T>(acc[q + r], da[t * kQuad + r], db[t * kQuad + r]);
             wgmma_commit();
             wgmma_wait<1>();  // every stage before this one is done: release them
             for (; released < stage; ++released)
               if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
             ++stage;
           }
-          if (last_chunk && q > 0)  // the quad before is done: its epilogue under this quad's last MMAs
-#pragma unroll
-            for (int r = 0; r < kQuad; ++r)
-              store_row<T>(acc[q - kQuad + r], sbias + (r0 - row0 + q - kQuad + r) * kTile, residual, y,
-                           r0 + q - kQuad + r, row_base, m, w.n, epi, lane);
+          if (last_chunk) {  // the quad's epilogue once its MMAs are done (reading accumulators of a wgmma still
+                             // in flight, even another quad's, makes ptxas serialize every wgmma: C7514)
+            wgmma_wait<0>();
+            for (; released < stage; ++released)
+              if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
+            store_quad<T>(acc, q, min(kQuad, rows - q), bias, residual, y, r0 + q, row_base, m, w.n, epi, lane);
+          }
         }
       }
       wgmma_wait<0>();
       for (; released < stage; ++released)
         if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
-      if (last_chunk) {
-#pragma unroll
-        for (int q = 0; q < kTR; q += kQuad)
-          if (q < rows && q + kQuad >= rows)  // the last quad
-#pragma unroll
-            for (int r = 0; r < kQuad; ++r)
-              if (q + r < rows)
-                store_row<T>(acc[q + r], sbias + (r0 - row0 + q + r) * kTile, residual, y, r0 + q + r, row_base, m,
-                             w.n, epi, lane);
-      }
     }
   }
 }
@@ -380,8 +400,7 @@ void gemm(const Weight& w, const T* x, int m, const T* bias, const T* residual, 
   const int m_blocks = (m + kBM - 1) / kBM;
   // One wave: as many slabs as blocks fit beside the row blocks; with K in several chunks one group a block
   // (its accumulators cannot wait for a second group while X's chunks go by).
-  const int least = (tile_rows + kMaxRowsPerBlock - 1) / kMaxRowsPerBlock;  // biases fit in shared memory
-  const int slabs = w.chunks > 1 ? groups : std::clamp(sms / m_blocks, least, groups);
+  const int slabs = w.chunks > 1 ? groups : std::clamp(sms / m_blocks, 1, groups);
   const int rows_per_block = (tile_rows + slabs - 1) / slabs;
   const int used = (tile_rows + rows_per_block - 1) / rows_per_block;
   launch("tile_sparse_wgmma", kernel, dim3(m_blocks, used), dim3(kThreads), kSmemBytes, s, x, m, w, rows_per_block,
