@@ -41,7 +41,7 @@ constexpr int kConsumers = 256;                // two warpgroups
 constexpr int kThreads = kConsumers + 128;     // + the producer warpgroup (one warp of it works)
 constexpr int kProducerRegs = 40;              // registers per thread after setmaxnreg: the producer warpgroup
 constexpr int kConsumerRegs = 232;             // and the consumers (128 x 40 + 256 x 232 <= 64K)
-constexpr int kXRowGroupBytes = kChunk * 16;   // 8 rows of a chunk as core matrices: wgmma's stride byte offset
+constexpr int kXBlockBytes = kBM * 128;        // X in blocks of 64 columns: 128 rows of 128 bytes, 128-byte swizzle
 constexpr int kXBytes = kBM * kChunk * 2;
 constexpr int kSlotBytes = kSlotTiles * kRecordBytes;
 constexpr int kMetaOffset = kXBytes + kSlots * kSlotBytes;  // per stage: 4-bit tile counts of the quad's rows | more << 16
@@ -81,11 +81,12 @@ __device__ __forceinline__ uint32_t ld_shared_u32(uint32_t addr) {
   return v;
 }
 
-// wgmma shared-memory matrix descriptor, no swizzle: start address, leading byte offset (between the two core
-// matrices along K), stride byte offset (between groups of 8 rows).
-__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+// wgmma shared-memory matrix descriptor: start address, leading byte offset (no swizzle: between the two core
+// matrices along K; unused with a swizzle), stride byte offset (between groups of 8 rows), swizzle mode
+// (0: none, 1: 128-byte).
+__device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint32_t sbo, uint64_t swizzle = 0) {
   return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
-         (static_cast<uint64_t>(sbo >> 4) << 32);
+         (static_cast<uint64_t>(sbo >> 4) << 32) | (swizzle << 62);
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -113,9 +114,9 @@ __device__ __forceinline__ void wgmma_m64n16k16(float (&d)[8], uint64_t a, uint6
   }
 }
 
-// Copy rows m0 .. m0 + 127 (zero past m) of X's columns c0 .. c0 + width into shared memory as core matrices:
-// element (row, col) at (row / 8) * kXRowGroupBytes + (col / 8) * 128 + (row % 8) * 16 + (col % 8) * 2. A warp
-// writes 512 contiguous bytes per instruction (conflict-free) and reads 64 contiguous bytes of 8 rows.
+// Copy rows m0 .. m0 + 127 (zero past m) of X's columns c0 .. c0 + width into shared memory in wgmma's K-major
+// 128-byte-swizzle layout: blocks of 64 columns, row r of a block at r * 128 bytes, its 16-byte piece j at
+// (j ^ (r % 8)) * 16. A warp reads 64 contiguous bytes of 8 rows and writes 32 distinct bank quads.
 template <typename T>
 __device__ __forceinline__ void load_x_chunk(unsigned char* sx, const T* __restrict__ x, int m, int m0, int k, int c0,
                                              int width, int tid) {
@@ -126,7 +127,7 @@ __device__ __forceinline__ void load_x_chunk(unsigned char* sx, const T* __restr
     const int row = rg * 8 + r8;
     const bool ok = m0 + row < m;
     const T* src = ok ? x + static_cast<size_t>(m0 + row) * k + c0 + g * 8 : x;
-    cp_async16(sx + rg * kXRowGroupBytes + g * 128 + r8 * 16, src, ok);
+    cp_async16(sx + (g >> 3) * kXBlockBytes + row * 128 + (((g & 7) ^ r8) << 4), src, ok);
   }
   cp_async_commit();
   cp_async_wait<0>();
@@ -243,7 +244,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)
     tile_sparse_wgmma_kernel(const T* __restrict__ x, int m, Weight w, int rows_per_block, const T* __restrict__ bias,
                              const T* __restrict__ residual, T* __restrict__ y, int epi) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];  // the swizzle pattern needs 1024-byte alignment
   const uint32_t sx = smem_addr(smem);
   const uint32_t ring = sx + kXBytes;
   int* meta = reinterpret_cast<int*>(smem + kMetaOffset);
@@ -270,7 +271,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int wg = tid >> 7, warp = (tid >> 5) & 3;
   const int m0 = blockIdx.x * kBM;
   const int row_base = m0 + wg * 64 + warp * 16 + (lane >> 2);  // this thread's first output row
-  const uint64_t desc_x = smem_desc(sx + wg * 8 * kXRowGroupBytes, 128, kXRowGroupBytes);
+  const uint64_t desc_x = smem_desc(sx + wg * 64 * 128, 16, 1024, 1);  // this warpgroup's 64 rows, 128-byte swizzle
   const bool releaser = (tid & 127) == 0;
   int stage = 0, released = 0;
   float acc[kTR][8];
@@ -310,7 +311,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                 const bool real = t < ((info >> (4 * r)) & 0xf);
                 const uint32_t tile = real ? rec + (r * kPerRow + t) * kRecordBytes : zero;
                 const uint32_t col = real ? ld_shared_u32(tile) - c * (kChunk / kTile) : 0u;  // in the chunk
-                da[t * kQuad + r] = desc_x + col * 16;  // + col * 256 bytes, in 16-byte units
+                // column block col / 4, then 32 bytes per tile column inside it (in 16-byte units)
+                da[t * kQuad + r] = desc_x + (col >> 2) * (kXBlockBytes >> 4) + (col & 3) * 2;
                 db[t * kQuad + r] = smem_desc(tile + 16, 128, 256);
               }
             wgmma_fence();
