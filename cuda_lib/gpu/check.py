@@ -29,8 +29,8 @@ from pathlib import Path
 
 os.environ["ET_POISON_WORKSPACE"] = "1"  # read by the engine at load
 # Every pruned layer (tile density below 1) is stored tiled and runs through a tile-sparse kernel at every batch
-# size: on sm_90 the wgmma one for batches of more than ET_HOPPER_SPARSE_MIN_ROWS token rows (unless a case says
-# wgmma=False), else the mma.sync one; except in cases with tiled=False (run_case sets the thresholds per case).
+# size: the mma.sync one, or in cases with wgmma=True the opt-in wgmma one (sm_90) for batches of more than
+# wgmma_rows token rows; except in cases with tiled=False (run_case sets the thresholds per case).
 # Unpruned layers go through the dense GEMMs: the check covers every GEMM path.
 os.environ["ET_SPARSE_MAX_DENSITY"] = "1.0"
 os.environ["ET_SPARSE_MAX_ROWS"] = "1000000000"
@@ -60,8 +60,8 @@ class Case:
     tiled: bool = True       # pruned layers through the tile-sparse kernel; False: their dense copies through
                              # cuBLASLt (pruned, odd N and K)
     hopper_rows: str = ""    # ET_HOPPER_GEMM_MAX_ROWS (CUTLASS GEMMs for batches up to this many rows); "": default
-    wgmma: bool = True       # tiled cases: pruned layers through the wgmma tile-sparse kernel (sm_90) for batches
-                             # of more than wgmma_rows token rows; False: the mma.sync kernel at every batch
+    wgmma: bool = False      # tiled cases: pruned layers through the wgmma tile-sparse kernel (sm_90, opt-in) for
+                             # batches of more than wgmma_rows token rows; False: the mma.sync kernel at every batch
     wgmma_rows: str = ""     # ET_HOPPER_SPARSE_MIN_ROWS; "": the engine's default
     vocab: int = 2000
 
@@ -88,18 +88,17 @@ def cases(rng: np.random.Generator) -> list[Case]:
         Case("base 80% +heads +dims", "bert-base", 0.2, 0.25, 0.25, batches=[r(32, 16, 128), [512, 300, 17]],
              cpu=True),
         Case("base 95% +heads", "bert-base", 0.05, 0.5, 0.0, batches=[r(16, 1, 200)]),
-        Case("base 80% sparse BM 128", "bert-base", 0.2, 0.25, 0.25, batches=[[77], r(24, 1, 160)], sparse_bm="128",
-             wgmma=False),
-        Case("base 60% sparse BM 64", "bert-base", 0.4, 0.0, 0.25, batches=[[1], r(3, 1, 90)], sparse_bm="64",
-             wgmma=False),
-        Case("base 80% sparse BM 32", "bert-base", 0.2, 0.0, 0.0, batches=[r(20, 1, 128)], sparse_bm="32",
-             wgmma=False),
+        Case("base 80% sparse BM 128", "bert-base", 0.2, 0.25, 0.25, batches=[[77], r(24, 1, 160)], sparse_bm="128"),
+        Case("base 60% sparse BM 64", "bert-base", 0.4, 0.0, 0.25, batches=[[1], r(3, 1, 90)], sparse_bm="64"),
+        Case("base 80% sparse BM 32", "bert-base", 0.2, 0.0, 0.0, batches=[r(20, 1, 128)], sparse_bm="32"),
         Case("base 80% +heads +dims wgmma", "bert-base", 0.2, 0.25, 0.25,
-             batches=[[1], [128], [128] * 32, r(40, 16, 128), [512, 300, 17]], wgmma_rows="0"),
-        Case("base 95% +heads wgmma", "bert-base", 0.05, 0.5, 0.0, batches=[[3], r(24, 1, 200)], wgmma_rows="0"),
-        Case("large 60% +heads wgmma", "bert-large", 0.4, 0.25, 0.1, batches=[r(12, 1, 300)], wgmma_rows="0"),
-        Case("minilm bf16 70% wgmma", "minilm", 0.3, 0.25, 0.25, batches=[r(20, 1, 128)], precision="bf16",
+             batches=[[1], [128], [128] * 32, r(40, 16, 128), [512, 300, 17]], wgmma=True, wgmma_rows="0"),
+        Case("base 95% +heads wgmma", "bert-base", 0.05, 0.5, 0.0, batches=[[3], r(24, 1, 200)], wgmma=True,
              wgmma_rows="0"),
+        Case("large 60% +heads wgmma", "bert-large", 0.4, 0.25, 0.1, batches=[r(12, 1, 300)], wgmma=True,
+             wgmma_rows="0"),
+        Case("minilm bf16 70% wgmma", "minilm", 0.3, 0.25, 0.25, batches=[r(20, 1, 128)], precision="bf16",
+             wgmma=True, wgmma_rows="0"),
         Case("base 30%", "bert-base", 0.7, 0.0, 0.0, batches=[r(24, 1, 256)]),
         Case("large dense", "bert-large", 1.0, batches=[[512, 271], r(128, 1, 128), [100]]),
         Case("large 60% +heads", "bert-large", 0.4, 0.25, 0.1, batches=[r(8, 1, 512)]),

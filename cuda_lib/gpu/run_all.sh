@@ -106,12 +106,15 @@ EOF
   # which take the whole-sequence one. The default packed run (210 rows) takes the CUTLASS GEMMs and the split-K
   # LayerNorm; $all_cutlass forces them on the padded batch (600 rows) too, and racechecks it with CUTLASS's own
   # kernels excluded (TMA and mbarriers, like cuBLASLt's): the split-K LayerNorm and the rest are checked.
+  # $wgmma: every pruned layer through the opt-in wgmma tile-sparse kernel (mbarriers and bulk copies: memcheck
+  # only, racecheck does not model them), packed and padded.
+  local wgmma="ET_HOPPER_SPARSE_MAX_DENSITY=1.0 ET_HOPPER_SPARSE_MIN_ROWS=0"
   local sparse=("$ALL_TILE_SPARSE" "$ALL_TILE_SPARSE ET_SPARSE_BM=64 --padded" "$ALL_TILE_SPARSE ET_SPARSE_BM=128 --padded"
                 "$ALL_TILE_SPARSE --short")
   local all_cutlass="ET_HOPPER_GEMM_MAX_ROWS=1000000000 --padded"
   for tool in memcheck racecheck; do
     local runs=("${sparse[@]}" "$all_cutlass --exclude-cutlass")
-    [ "$tool" = memcheck ] && runs=("" "--padded" "$all_cutlass" "${sparse[@]}")
+    [ "$tool" = memcheck ] && runs=("" "--padded" "$all_cutlass" "${sparse[@]}" "$wgmma" "$wgmma --padded")
     for run in "${runs[@]}"; do
       local envs=() pad="" batch="" exclude=()
       for word in $run; do

@@ -61,9 +61,11 @@ constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed
 constexpr size_t kMaxGraphs = 16;
 constexpr int64_t kDefaultHopperMaxRows = 256;      // NOTES.md, session 6
 // The wgmma tile-sparse GEMM (sm_90): for batches of more than this many token rows (below, the CUTLASS dense
-// path) and weights below this tile density (NOTES.md, session 8).
+// path) and weights below this tile density. Off by default: measured slower than the dense path and than the
+// mma.sync kernel at every density and batch tried (NOTES.md, session 8 runs 51-55: b32 density 0.2 3.1 ms vs
+// 1.55 dense, 2.1 mma.sync); ET_HOPPER_SPARSE_MAX_DENSITY turns it on for measurements.
 constexpr int64_t kDefaultHopperSparseMinRows = 256;
-constexpr double kDefaultHopperSparseMaxDensity = 0.3;
+constexpr double kDefaultHopperSparseMaxDensity = 0.0;
 
 // An owned device allocation.
 class DeviceBuffer {
