@@ -1,29 +1,26 @@
 // Tile-sparse GEMM for large batches on Hopper: Y = epilogue(X . W^T + b) with W kept as 16x16 tiles only.
+// Off by default: correct, but measured slower than the dense path and the mma.sync kernel (sparse_gemm.cu) at
+// every density and batch tried (cuda_lib/NOTES.md, session 8 runs 51-55); ET_HOPPER_SPARSE_MAX_DENSITY turns it on.
 //
-// A block owns 128 rows of X and a slab of W's tile rows. Two consumer warpgroups (64 rows of X each) and one
-// producer warp:
-//  - the consumers copy the block's rows of one K chunk (768 columns) of X into shared memory once (cp.async,
-//    laid out as wgmma's K-major core matrices, no swizzle), then walk the slab's tile rows in groups of kTR,
-//    holding a 64 x 16 fp32 accumulator per tile row of the group. Per kept tile: one wgmma m64n16k16 whose A
-//    descriptor points at the tile's 16 columns of X and whose B descriptor points at the tile in the ring;
-//    a removed tile costs nothing. The epilogue of a tile row (bias, bias+GELU or bias+residual) runs while the
-//    next row's MMAs are in flight. K beyond one chunk: the group's accumulators stay in registers while the
-//    next chunk of X replaces the previous one (the host then gives a block at most one group).
-//  - the producer warp streams the slab's kept tiles, in the consumers' order, into a ring of kSlots stages of
-//    at most kSlotTiles tiles: one bulk asynchronous copy per stage (the tiles of one tile row within one chunk
-//    are contiguous in the CSR order), completing on the stage's "full" mbarrier; the consumers release a stage
-//    on its "empty" mbarrier once the MMAs that read it are done. Weights only: it starts before the kernel
-//    waits for the one before it (programmatic dependent launch).
-// Why this shape (cuda_lib/NOTES.md, session 8): the mma.sync kernel (sparse_gemm.cu) spends its time waiting on
-// W-tile loads issued by the same warps that multiply; here the copies run ahead on their own warp and the
-// tensor cores take 64 rows of X per instruction.
+// A block owns 128 rows of X and a slab of W's tile rows; two consumer warpgroups (64 rows of X each) and a producer
+// warpgroup (one working warp; setmaxnreg hands its registers to the consumers):
+//  - the consumers copy the block's rows of one K chunk (768 columns) of X into shared memory (cp.async, wgmma's
+//    K-major 128-byte-swizzle layout), then walk the slab's tile rows in groups of kTR, holding a 64 x 16 fp32
+//    accumulator per tile row of the group. A ring stage carries the next kPerRow kept tiles of each row of a quad;
+//    the consumers issue one wgmma m64n16k16 per place (A: the tile's 16 columns of X, B: the tile; an empty place
+//    multiplies a record of zeros, so the MMAs are straight-line code), consecutive ones into the quad's four
+//    accumulators. A removed tile costs nothing. After a quad's last stage its epilogue (bias, bias+GELU or
+//    bias+residual) writes the quad's 64 columns. K beyond one chunk: the accumulators stay in registers while the
+//    next chunk of X replaces the last (the host then gives a block one group).
+//  - the producer streams the slab's kept tiles, in the consumers' order, into a ring of kSlots stages with bulk
+//    asynchronous copies (a tile row's tiles within a chunk are contiguous in the CSR order) completing on the
+//    stage's "full" mbarrier; the consumers release a stage on its "empty" mbarrier once the MMAs that read it are
+//    done. Weights only: it starts before the kernel waits for the one before it (programmatic dependent launch).
 #include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <set>
-#include <string>
 #include <type_traits>
-#include <utility>
 
 #include "hopper_sparse_gemm.h"
 

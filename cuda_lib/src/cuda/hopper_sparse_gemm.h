@@ -1,7 +1,8 @@
 // Tile-sparse GEMM for large batches on Hopper (sm_90a): warpgroup MMAs (wgmma) read X and the kept W tiles
 // from shared memory, a producer warp streams the kept tiles in with bulk asynchronous copies (cp.async.bulk
-// on mbarriers). Built only for sm_90 (CMake defines ET_WITH_HOPPER_SPARSE); the engine uses it for batches
-// of more than ET_HOPPER_SPARSE_MIN_ROWS token rows (cuda_lib/NOTES.md, session 8).
+// on mbarriers). Built only for sm_90 (CMake defines ET_WITH_HOPPER_SPARSE); off by default (measured slower than
+// the dense path, cuda_lib/NOTES.md session 8): ET_HOPPER_SPARSE_MAX_DENSITY turns it on for batches of more than
+// ET_HOPPER_SPARSE_MIN_ROWS token rows.
 #pragma once
 
 #include <cstdint>
