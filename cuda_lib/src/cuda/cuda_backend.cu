@@ -253,7 +253,8 @@ class CudaEngine final : public Backend {
     const double wgmma_rows = env_number("ET_HOPPER_SPARSE_MIN_ROWS", static_cast<double>(kDefaultHopperSparseMinRows));
 #ifdef ET_WITH_HOPPER_SPARSE
     // sm_90a code: sm_90 devices only, and the block's shared memory must fit.
-    if (prop.major == 9 && prop.minor == 0 && prop.sharedMemPerBlockOptin >= static_cast<size_t>(hopper_sparse::shared_bytes())) {
+    if (prop.major == 9 && prop.minor == 0 &&
+        prop.sharedMemPerBlockOptin >= static_cast<size_t>(hopper_sparse::shared_bytes())) {
       wgmma_max_density_ = wgmma_density;
       wgmma_min_rows_ = static_cast<int64_t>(std::max(wgmma_rows, 0.0));
     }

@@ -41,7 +41,7 @@ constexpr int kConsumerRegs = 232;             // and the consumers (128 x 40 + 
 constexpr int kXBlockBytes = kBM * 128;        // X in blocks of 64 columns: 128 rows of 128 bytes, 128-byte swizzle
 constexpr int kXBytes = kBM * kChunk * 2;
 constexpr int kSlotBytes = kSlotTiles * kRecordBytes;
-constexpr int kMetaOffset = kXBytes + kSlots * kSlotBytes;  // per stage: 4-bit tile counts of the quad's rows | more << 16
+constexpr int kMetaOffset = kXBytes + kSlots * kSlotBytes;  // per stage: the quad's 4-bit tile counts | more << 16
 constexpr int kBarOffset = kMetaOffset + kSlots * 4;        // kSlots "full" then kSlots "empty" mbarriers
 constexpr int kZeroOffset = kBarOffset + 2 * kSlots * 8;    // a record of zeros: the MMA of a stage's empty place
 constexpr int kSmemBytes = kZeroOffset + kRecordBytes;
@@ -61,8 +61,9 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t byt
 // The spin loop lives inside the asm (a C++ loop around try_wait makes ptxas serialize the wgmmas after it).
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
-      "{\n .reg .pred p;\n WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n @!p bra WAIT;\n}\n" ::"r"(bar),
-      "r"(parity)
+      "{\n .reg .pred p;\n WAIT:\n mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n @!p bra WAIT;\n}\n"
+      :
+      : "r"(bar), "r"(parity)
       : "memory");
 }
 // bytes from global src to shared dst (both 16-byte aligned), completing as transactions on mbarrier bar.
