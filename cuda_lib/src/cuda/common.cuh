@@ -122,6 +122,22 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 // Epilogue applied to a GEMM's fp32 accumulator before the fp16/bf16 store.
 enum class Epilogue : int { kBias = 0, kBiasGelu = 1, kBiasResidual = 2, kBiasGeluTanh = 3 };
 
+// The GELU of the kBiasGelu (erf form) or kBiasGeluTanh epilogue on a pair of biased values; false, leaving them,
+// for the other epilogues.
+__device__ __forceinline__ bool apply_gelu(float& v0, float& v1, int epi) {
+  if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
+    v0 = gelu_erf(v0);
+    v1 = gelu_erf(v1);
+    return true;
+  }
+  if (epi == static_cast<int>(Epilogue::kBiasGeluTanh)) {
+    v0 = gelu_tanh(v0);
+    v1 = gelu_tanh(v1);
+    return true;
+  }
+  return false;
+}
+
 // A stream and whether the kernels launched on it may use programmatic dependent launch (sm_90+):
 // such a kernel is scheduled while the kernel before it drains, and waits in pdl_enter() until that
 // kernel has finished and its writes are visible.

@@ -171,13 +171,7 @@ __device__ __forceinline__ void store_quad(float (&acc)[kTR][8], int j0, int row
         const int row = row_base + q * 8;
         if (row >= m) continue;
         float v0 = d[4 * h + 2 * q] + bb.x, v1 = d[4 * h + 2 * q + 1] + bb.y;
-        if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
-          v0 = gelu_erf(v0);
-          v1 = gelu_erf(v1);
-        } else if (epi == static_cast<int>(Epilogue::kBiasGeluTanh)) {
-          v0 = gelu_tanh(v0);
-          v1 = gelu_tanh(v1);
-        } else if (add_res) {
+        if (!apply_gelu(v0, v1, epi) && add_res) {
           const float2 rr = Elem<T>::unpack2(res[r][h][q]);
           v0 += rr.x;
           v1 += rr.y;

@@ -145,13 +145,7 @@ __device__ __forceinline__ void store_row(const float (&acc)[kMT][2][4], const R
         if (row >= m) continue;
         float v0 = acc[mt][j][hh * 2] + b.x, v1 = acc[mt][j][hh * 2 + 1] + b.y;
         const size_t off = static_cast<size_t>(row) * n + col;
-        if (epi == static_cast<int>(Epilogue::kBiasGelu)) {
-          v0 = gelu_erf(v0);
-          v1 = gelu_erf(v1);
-        } else if (epi == static_cast<int>(Epilogue::kBiasGeluTanh)) {
-          v0 = gelu_tanh(v0);
-          v1 = gelu_tanh(v1);
-        } else if (epi == static_cast<int>(Epilogue::kBiasResidual)) {
+        if (!apply_gelu(v0, v1, epi) && epi == static_cast<int>(Epilogue::kBiasResidual)) {
           uint32_t rv;
           if constexpr (kEarly)
             rv = ops.res[mt][j][hh];
