@@ -273,15 +273,6 @@ __global__ void __launch_bounds__(128) attention_long_kernel(const T* __restrict
   if (computes) w.store(out, out_ld, first + q0, warp * 16, len - q0, h.out_off, h.dv, lane);
 }
 
-// Let `kernel` use up to `bytes` of dynamic shared memory: set once per process, on the first launch.
-template <auto kernel>
-void allow_dynamic_smem(size_t bytes, const char* what) {
-  static const bool set =
-      (check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), what),
-       true);
-  (void)set;
-}
-
 template <typename T, int D>
 void launch_long(const T* qkv, int qkv_ld, T* out, int out_ld, const DeviceHeads& heads, const int32_t* seq_start,
                  const int32_t* seq_len, int batch, int max_len, float scale_log2, const Stream& stream) {

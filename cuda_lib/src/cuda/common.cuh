@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <mutex>
+#include <set>
 #include <string>
 #include <utility>
 
@@ -154,6 +156,20 @@ __device__ __forceinline__ void pdl_enter() {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
+}
+
+// Let `kernel` use up to `bytes` of dynamic shared memory on the current device: set once per device, on the first
+// launch there (the attribute belongs to the device's context).
+template <auto kernel>
+void allow_dynamic_smem(size_t bytes, const char* what) {
+  static std::mutex mu;
+  static std::set<int> devices;
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  const std::lock_guard<std::mutex> lock(mu);
+  if (devices.count(device)) return;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), what);
+  devices.insert(device);
 }
 
 // Launch `kernel` on s (early when s allows it) and check the launch.

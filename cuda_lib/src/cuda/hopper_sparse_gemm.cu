@@ -18,8 +18,6 @@
 //    done. Weights only: it starts before the kernel waits for the one before it (programmatic dependent launch).
 #include <algorithm>
 #include <cstring>
-#include <mutex>
-#include <set>
 #include <type_traits>
 
 #include "hopper_sparse_gemm.h"
@@ -266,6 +264,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint64_t desc_x = smem_desc(sx + wg * 64 * 128, 16, 1024, 1);  // this warpgroup's 64 rows, 128-byte swizzle
   const bool releaser = (tid & 127) == 0;
   int stage = 0, released = 0;
+  auto release_done = [&] {  // every stage before `stage` has finished its MMAs: hand their slots to the producer
+    for (; released < stage; ++released)
+      if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
+  };
   float acc[kTR][8];
   const uint32_t zero = sx + kZeroOffset;
   for (int i = tid; i < kRecordBytes / 4; i += kConsumers) reinterpret_cast<uint32_t*>(smem + kZeroOffset)[i] = 0u;
@@ -315,22 +317,19 @@ __global__ void __launch_bounds__(kThreads, 1)
                 wgmma_m64n16k16<T>(acc[q + r], da[t * kQuad + r], db[t * kQuad + r]);
             wgmma_commit();
             wgmma_wait<1>();  // every stage before this one is done: release them
-            for (; released < stage; ++released)
-              if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
+            release_done();
             ++stage;
           }
           if (last_chunk) {  // the quad's epilogue once its MMAs are done (reading accumulators of a wgmma still
                              // in flight, even another quad's, makes ptxas serialize every wgmma: C7514)
             wgmma_wait<0>();
-            for (; released < stage; ++released)
-              if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
+            release_done();
             store_quad<T>(acc, q, min(kQuad, rows - q), bias, residual, y, r0 + q, row_base, m, w.n, epi, lane);
           }
         }
       }
       wgmma_wait<0>();
-      for (; released < stage; ++released)
-        if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
+      release_done();
     }
   }
 }
@@ -378,17 +377,8 @@ template <typename T>
 void gemm(const Weight& w, const T* x, int m, const T* bias, const T* residual, T* y, Epilogue epi, int sms,
           const Stream& s) {
   if (m <= 0) return;
-  auto kernel = tile_sparse_wgmma_kernel<T>;
-  {
-    static std::mutex mu;
-    static std::set<int> allowed;  // devices whose shared-memory allowance is set
-    int device = 0;
-    check(cudaGetDevice(&device), "cudaGetDevice");
-    const std::lock_guard<std::mutex> lock(mu);
-    if (allowed.insert(device).second)
-      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),
-            "cudaFuncSetAttribute(tile_sparse_wgmma)");
-  }
+  constexpr auto kernel = tile_sparse_wgmma_kernel<T>;
+  allow_dynamic_smem<kernel>(kSmemBytes, "cudaFuncSetAttribute(tile_sparse_wgmma)");
   const int tile_rows = w.n / kTile;
   const int groups = (tile_rows + kTR - 1) / kTR;
   const int m_blocks = (m + kBM - 1) / kBM;
