@@ -168,6 +168,16 @@ EOF
         "$dir/$1/weights.txt" "$dir/$1" --backend cuda "${batch[@]}" --iters 2 --warmup 1 > "$csv" 2>&1 || return 1
     python3 cuda_lib/gpu/ncu_summary.py "$csv"
   done
+  # one launch's stall samples per SASS instruction: NCU_SOURCE="kernel-regex model batch launches-to-skip"
+  # (e.g. "tile_sparse_wgmma s80 32 21": session 8 run 53), written to $OUT/ncu_source.csv
+  if [ -n "${NCU_SOURCE:-}" ]; then
+    local src=($NCU_SOURCE)
+    [ "${src[1]}" = s80 ] && export $ALL_TILE_SPARSE
+    ncu --clock-control none -k "regex:${src[0]}" --launch-skip "${src[3]}" --launch-count 1 --section SourceCounters \
+        --section WarpStateStats --page source --print-source sass --csv "$EXE" "$dir/${src[1]}/weights.txt" \
+        "$dir/${src[1]}" --backend cuda --batch "${src[2]}" --seq 128 --iters 1 --warmup 0 > "$OUT/ncu_source.csv" \
+        || return 1
+  fi
   # one kernel in detail: NCU_DETAIL="kernel-regex model batch" (default: the tile-sparse GEMM, 80% model, b32;
   # "none": no detail)
   [ "${NCU_DETAIL:-}" = none ] && return 0
