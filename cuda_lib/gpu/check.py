@@ -1,8 +1,8 @@
 """GPU correctness of libet's CUDA backend (run on a machine with a GPU).
 
-For random-weight BERT-base / BERT-large / MiniLM classifiers with random 16x16 tile masks (0-95%
-sparsity), random pruned heads and pruned head dimensions, on fresh random ragged batches (lengths
-1..512, batches 1..128), compares the CUDA engine (fp16, and bf16 once) with a float64 PyTorch
+For random-weight BERT-base / BERT-large / MiniLM classifiers with random tile masks (16x16; 64x16 and 32x16
+for the wgmma kernel's wider records; 0-95% sparsity), random pruned heads and pruned head dimensions, on fresh
+random ragged batches (lengths 1..512, batches 1..128), compares the CUDA engine (fp16, and bf16 once) with a float64 PyTorch
 reference (HF ``transformers`` in float64 on the GPU) and, on the smaller cases, with libet's CPU
 backend: relative error ||out - ref|| / ||ref|| of the last hidden states and of the logits, packed
 (padding-free) and padded paths. The reference that decides pass/fail runs the weights the engine holds
@@ -63,6 +63,8 @@ class Case:
     wgmma: bool = False      # tiled cases: pruned layers through the wgmma tile-sparse kernel (sm_90, opt-in) for
                              # batches of more than wgmma_rows token rows; False: the mma.sync kernel at every batch
     wgmma_rows: str = ""     # ET_HOPPER_SPARSE_MIN_ROWS; "": the engine's default
+    wgmma_group: str = "0"   # ET_HOPPER_SPARSE_GROUP: tile rows of the wgmma kernel's records (0: chosen per weight)
+    tile: tuple[int, int] = (16, 16)  # the random masks' tile shape
     vocab: int = 2000
 
 
@@ -99,6 +101,16 @@ def cases(rng: np.random.Generator) -> list[Case]:
              wgmma_rows="0"),
         Case("minilm bf16 70% wgmma", "minilm", 0.3, 0.25, 0.25, batches=[r(20, 1, 128)], precision="bf16",
              wgmma=True, wgmma_rows="0"),
+        Case("base 80% [64,16] +heads +dims wgmma", "bert-base", 0.2, 0.25, 0.25, tile=(64, 16),
+             batches=[[1], [128], [128] * 32, r(40, 16, 128)], wgmma=True, wgmma_rows="0"),
+        Case("base 80% +dims wgmma G2", "bert-base", 0.2, 0.0, 0.25, batches=[r(24, 16, 128), [512, 300, 17]],
+             wgmma=True, wgmma_rows="0", wgmma_group="2"),
+        Case("base 80% +heads wgmma G4", "bert-base", 0.2, 0.25, 0.0, batches=[r(16, 16, 128), [3]], wgmma=True,
+             wgmma_rows="0", wgmma_group="4"),
+        Case("large 60% [64,16] +heads wgmma", "bert-large", 0.4, 0.25, 0.1, tile=(64, 16), batches=[r(12, 1, 300)],
+             wgmma=True, wgmma_rows="0"),
+        Case("minilm bf16 70% [32,16] wgmma", "minilm", 0.3, 0.25, 0.0, tile=(32, 16), batches=[r(20, 1, 128)],
+             precision="bf16", wgmma=True, wgmma_rows="0"),
         Case("base 30%", "bert-base", 0.7, 0.0, 0.0, batches=[r(24, 1, 256)]),
         Case("large dense", "bert-large", 1.0, batches=[[512, 271], r(128, 1, 128), [100]]),
         Case("large 60% +heads", "bert-large", 0.4, 0.25, 0.1, batches=[r(8, 1, 512)]),
@@ -135,8 +147,8 @@ def rel(a: np.ndarray, ref: np.ndarray) -> float:
 def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device) -> list[dict]:
     seed = int(rng.integers(1 << 30))
     model = random_bert.make_model(case.shape, vocab=case.vocab, seed=seed, gain=2.0)
-    masks = random_bert.random_pruning(model, case.density, head_frac=case.head_frac, dim_frac=case.dim_frac,
-                                       seed=seed + 1)
+    masks = random_bert.random_pruning(model, case.density, tile=case.tile, head_frac=case.head_frac,
+                                       dim_frac=case.dim_frac, seed=seed + 1)
     manifest = random_bert.export(model, masks, work / f"m{seed}")
     model16 = copy.deepcopy(model).half().to(device) if case.precision == "fp16" else None  # torch's own fp16 error
     held = torch.float16 if case.precision == "fp16" else torch.bfloat16
@@ -146,6 +158,7 @@ def run_case(case: Case, lib: Path, work: Path, rng: np.random.Generator, device
     os.environ["ET_SPARSE_BM"] = case.sparse_bm  # read at load
     os.environ["ET_SPARSE_MAX_DENSITY"] = "1.0" if case.tiled else "0"
     os.environ["ET_HOPPER_SPARSE_MAX_DENSITY"] = "1.0" if case.tiled and case.wgmma else "0"
+    os.environ["ET_HOPPER_SPARSE_GROUP"] = case.wgmma_group
     if case.wgmma_rows:
         os.environ["ET_HOPPER_SPARSE_MIN_ROWS"] = case.wgmma_rows
     else:

@@ -98,9 +98,9 @@ class Perf:
         packed["padded_over_packed"] = padded["ms_median"] / packed["ms_median"]
         return packed
 
-    def export(self, model, density: float, tag: str) -> Path:
+    def export(self, model, density: float, tag: str, tile: tuple[int, int] = (16, 16)) -> Path:
         pruned = random_bert.make_model(SHAPE, seed=11) if density < 1.0 else model
-        masks = random_bert.random_pruning(pruned, density, seed=int(density * 1000))
+        masks = random_bert.random_pruning(pruned, density, tile=tile, seed=int(density * 1000))
         return random_bert.export(pruned, masks, self.work / tag, dtype="float16")
 
 
@@ -112,8 +112,14 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--skip-variants", action="store_true",
+                    help="leave out the engine-load spread, the one-knob variants, untuned cuBLASLt and bf16 rows")
     ap.add_argument("--attention", action="store_true", help="also time the two attention operators by length")
     ap.add_argument("--densities", default="0.1,0.2,0.35,0.5,0.65,0.8")
+    ap.add_argument("--tiles", default="16x16",
+                    help="tile shapes (rows x cols) of the random masks of the density rows, e.g. 16x16,64x16")
+    ap.add_argument("--groups", default="0",
+                    help="wgmma record groups timed in the density rows (ET_HOPPER_SPARSE_GROUP; 0: chosen per weight)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     p = Perf(args.lib, args.work, args.iters, args.warmup)
@@ -140,36 +146,37 @@ def main() -> int:
         for seq in (64, 256, 512):
             lens = np.full(32 if seq < 512 else 8, seq, np.int32)
             p.engine_row(f"dense b{lens.size} s{seq} (graph)", eng, lens)
-    # four more engine loads of the same model: the spread over the process's lifetime (NOTES.md, run 30: the GPU
-    # slows ~7% at batch 1 after seconds of sustained load, every engine alike)
-    spread = {"b1": [], "b32": []}
-    for k in range(1, 5):
-        with Engine(p.lib, dense, backend="cuda") as eng:
-            for tag, lens in (("b1", b1), ("b32", b32)):
-                spread[tag].append(p.engine_row(f"dense {tag} s128 load {k}", eng, lens)["ms_median"])
-    p.results["load_spread"] = {tag: {"min": min(v), "max": max(v)} for tag, v in spread.items()}
-    # the same rows with one engine choice switched: exact erf GELU pass instead of the fused tanh form,
-    # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush),
-    # cuBLASLt / CUTLASS for every dense GEMM, fewer split-K CTAs on the CUTLASS path
-    for tag, knob in (("exact-erf GELU pass", {"ET_EXACT_GELU": "1"}), ("no early launch", {"ET_PDL": "0"}),
-                      ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"}),
-                      ("cuBLASLt for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "0"}),
-                      ("CUTLASS for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "1000000000"}),
-                      ("split-K over 66 CTAs", {"ET_HOPPER_SPLIT_CTAS": "66"}),
-                      ("split-K over 24 CTAs", {"ET_HOPPER_SPLIT_CTAS": "24"})):
-        with env(**knob), Engine(p.lib, dense, backend="cuda") as eng:
-            for lens in (b32, b1):
-                p.engine_row(f"dense b{lens.size} s128 {tag}", eng, lens)
-            p.ragged_pair(eng, ragged, suffix=f" {tag}")
-            if any(k.startswith("ET_HOPPER") for k in knob):  # the CUTLASS-path variants at 2 and 8 x 128 rows too
-                for lens in (b2, b8):
+    if not args.skip_variants:  # engine-load spread, one-knob variants, untuned cuBLASLt, bf16
+        # four more engine loads of the same model: the spread over the process's lifetime (NOTES.md, run 30: the GPU
+        # slows ~7% at batch 1 after seconds of sustained load, every engine alike)
+        spread = {"b1": [], "b32": []}
+        for k in range(1, 5):
+            with Engine(p.lib, dense, backend="cuda") as eng:
+                for tag, lens in (("b1", b1), ("b32", b32)):
+                    spread[tag].append(p.engine_row(f"dense {tag} s128 load {k}", eng, lens)["ms_median"])
+        p.results["load_spread"] = {tag: {"min": min(v), "max": max(v)} for tag, v in spread.items()}
+        # the same rows with one engine choice switched: exact erf GELU pass instead of the fused tanh form,
+        # no programmatic dependent launch, cuBLASLt candidates timed on cache-warm operands (no L2 flush),
+        # cuBLASLt / CUTLASS for every dense GEMM, fewer split-K CTAs on the CUTLASS path
+        for tag, knob in (("exact-erf GELU pass", {"ET_EXACT_GELU": "1"}), ("no early launch", {"ET_PDL": "0"}),
+                          ("warm cuBLASLt tuning", {"ET_GEMM_TUNE_COLD": "0"}),
+                          ("cuBLASLt for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "0"}),
+                          ("CUTLASS for every batch", {"ET_HOPPER_GEMM_MAX_ROWS": "1000000000"}),
+                          ("split-K over 66 CTAs", {"ET_HOPPER_SPLIT_CTAS": "66"}),
+                          ("split-K over 24 CTAs", {"ET_HOPPER_SPLIT_CTAS": "24"})):
+            with env(**knob), Engine(p.lib, dense, backend="cuda") as eng:
+                for lens in (b32, b1):
                     p.engine_row(f"dense b{lens.size} s128 {tag}", eng, lens)
-    with env(ET_GEMM_TUNE="1"), Engine(p.lib, dense, backend="cuda") as eng:  # cuBLASLt heuristic's first choice
-        for lens in (b32, b1):
-            p.engine_row(f"dense b{lens.size} s128 untuned cuBLASLt", eng, lens)
-        p.engine_row("ragged U[16,128] b32 packed untuned cuBLASLt", eng, ragged)
-    with Engine(p.lib, dense, backend="cuda", precision="bf16") as eng:
-        p.engine_row("dense b32 s128 bf16", eng, b32)
+                p.ragged_pair(eng, ragged, suffix=f" {tag}")
+                if any(k.startswith("ET_HOPPER") for k in knob):  # the CUTLASS-path variants at 2 and 8 x 128 rows too
+                    for lens in (b2, b8):
+                        p.engine_row(f"dense b{lens.size} s128 {tag}", eng, lens)
+        with env(ET_GEMM_TUNE="1"), Engine(p.lib, dense, backend="cuda") as eng:  # cuBLASLt heuristic's first choice
+            for lens in (b32, b1):
+                p.engine_row(f"dense b{lens.size} s128 untuned cuBLASLt", eng, lens)
+            p.engine_row("ragged U[16,128] b32 packed untuned cuBLASLt", eng, ragged)
+        with Engine(p.lib, dense, backend="cuda", precision="bf16") as eng:
+            p.engine_row("dense b32 s128 bf16", eng, b32)
 
     # attention operators: whole-sequence (short) vs streaming (long), by sequence length and on the ragged batch
     for name, short_max in (("short", "128"), ("long", "0")) if args.attention else ():
@@ -183,28 +190,33 @@ def main() -> int:
     dense_ms = p.results["dense b32 s128 (graph)"]["ms_median"]
     densities = [float(d) for d in args.densities.split(",")]
     block_density = 0.2 if 0.2 in densities else min(densities)  # where the block rows are compared
-    for density in densities:
-        manifest = p.export(model, density, f"d{density:g}")
+    tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",")]
+    kernels = [("tile-sparse", {"ET_SPARSE_MAX_DENSITY": "2", "ET_HOPPER_SPARSE_MAX_DENSITY": "0"})]
+    kernels += [("wgmma" + (f" G{g}" if g != "0" else ""),
+                 {"ET_SPARSE_MAX_DENSITY": "0", "ET_HOPPER_SPARSE_MAX_DENSITY": "2", "ET_HOPPER_SPARSE_GROUP": g})
+                for g in args.groups.split(",")]
+    kernels += [("dense", {"ET_SPARSE_MAX_DENSITY": "0", "ET_HOPPER_SPARSE_MAX_DENSITY": "0"})]
+    for tile, density in ((t, d) for t in tiles for d in densities):
+        tag = f"density {density:g}" + ("" if tile == (16, 16) else f" tile {tile[0]}x{tile[1]}")
+        manifest = p.export(model, density, f"d{density:g}t{tile[0]}x{tile[1]}", tile)
         for lens in (b32, b8, b1):
-            for name, mma_sync, wgmma in (("tile-sparse", "2", "0"), ("wgmma", "0", "2"), ("dense", "0", "0")):
-                with env(ET_SPARSE_MAX_DENSITY=mma_sync, ET_SPARSE_MAX_ROWS="1000000000",
-                         ET_HOPPER_SPARSE_MAX_DENSITY=wgmma, ET_HOPPER_SPARSE_MIN_ROWS="0"), \
+            for name, knobs in kernels:
+                with env(ET_SPARSE_MAX_ROWS="1000000000", ET_HOPPER_SPARSE_MIN_ROWS="0", **knobs), \
                         Engine(p.lib, manifest, backend="cuda") as eng:
-                    p.engine_row(f"density {density:g} {name} b{lens.size} s128", eng, lens, density=density)
+                    p.engine_row(f"{tag} {name} b{lens.size} s128", eng, lens, density=density)
         with Engine(p.lib, manifest, backend="cuda") as eng:  # the default thresholds' choice
             for lens in (b32, b1):
-                r = p.engine_row(f"density {density:g} default b{lens.size} s128", eng, lens, density=density)
+                r = p.engine_row(f"{tag} default b{lens.size} s128", eng, lens, density=density)
             r["speedup_vs_dense_b1"] = p.results["dense b1 s128 (graph)"]["ms_median"] / r["ms_median"]
-        p.results[f"density {density:g} default b32 s128"]["speedup_vs_dense"] = \
-            dense_ms / p.results[f"density {density:g} default b32 s128"]["ms_median"]
-        if density == block_density:  # rows of X per block of the sparse GEMM (auto: 64 / 32 by layer and batch)
+        p.results[f"{tag} default b32 s128"]["speedup_vs_dense"] = \
+            dense_ms / p.results[f"{tag} default b32 s128"]["ms_median"]
+        if density == block_density and tile == (16, 16):  # rows of X per block of the sparse GEMM (auto: 64 / 32)
             for bm in ("32", "64", "128"):
                 with env(ET_SPARSE_MAX_DENSITY="2", ET_SPARSE_MAX_ROWS="1000000000", ET_SPARSE_BM=bm,
                          ET_HOPPER_SPARSE_MAX_DENSITY="0"), \
                         Engine(p.lib, manifest, backend="cuda") as eng:
                     for lens in (b32, b1):
-                        p.engine_row(f"density {density:g} tile-sparse BM {bm} b{lens.size}", eng, lens,
-                                     density=density)
+                        p.engine_row(f"{tag} tile-sparse BM {bm} b{lens.size}", eng, lens, density=density)
 
     # PyTorch peers at the headline shape
     inputs = [bench.padded_inputs(*bench.random_batch(p.rng, b32, model.config.vocab_size), b32, "cuda")
@@ -237,9 +249,12 @@ def main() -> int:
         print(f"80% sparse b32: {s80['ms_median']:.3f} ms -> {s80['speedup_vs_dense']:.2f}x vs dense (target >= 3)")
         s80b1 = r["density 0.2 default b1 s128"]
         print(f"80% sparse b1: {s80b1['ms_median']:.4f} ms -> {s80b1['speedup_vs_dense_b1']:.2f}x vs dense b1")
-    ls = r["load_spread"]
-    print(f"4 more engine loads: b1 {ls['b1']['min']:.4f}-{ls['b1']['max']:.4f} ms, "
-          f"b32 {ls['b32']['min']:.3f}-{ls['b32']['max']:.3f} ms")
+    for key in (k for k in r if k.startswith("density 0.2 tile") and k.endswith("default b32 s128")):
+        print(f"80% sparse b32, {key[12:-17]}: {r[key]['ms_median']:.3f} ms -> {r[key]['speedup_vs_dense']:.2f}x")
+    if "load_spread" in r:
+        ls = r["load_spread"]
+        print(f"4 more engine loads: b1 {ls['b1']['min']:.4f}-{ls['b1']['max']:.4f} ms, "
+              f"b32 {ls['b32']['min']:.3f}-{ls['b32']['max']:.3f} ms")
     print(f"ragged U[16,128] b32: padded/packed = {r['ragged_speedup']['padded_over_packed']:.2f}x (target >= 1.6)")
     return 0
 

@@ -4,7 +4,8 @@
 #   check     correctness vs float64 PyTorch and the CPU backend   (cuda_lib/gpu/check.py)
 #   sanitize  compute-sanitizer memcheck + racecheck on a small ragged case (et_infer)
 #   perf      the issue's performance targets and switch points      (cuda_lib/gpu/perf.py)
-#   ncu       per-kernel profile of one dense and one 80%-sparse forward (ncu --clock-control none)
+#   ncu       per-kernel profile of one dense and one 80%-sparse forward (ncu --clock-control none; NCU_CASES
+#             picks model/batch pairs, e.g. "t80 32": 80% in [64, 16] tiles through the wgmma kernel)
 #   order     batch-1 forward time by engine load order (cuda_lib/gpu/load_order.py)
 #   bench     python -m pipeline_steps.bench --standalone (writes BENCHMARKS.md; outputs tarred)
 #   benchsmoke  the same on a tiny grid
@@ -63,12 +64,14 @@ LIB=$BUILD/libet.so
 EXE=$BUILD/et_infer
 # every pruned layer stored tiled and run through the tile-sparse kernel at any batch (the engine's knobs)
 ALL_TILE_SPARSE="ET_SPARSE_MAX_DENSITY=1.0 ET_SPARSE_MAX_ROWS=1000000000"
+# every pruned layer through the wgmma tile-sparse kernel (sm_90) at any batch, its records' group chosen per weight
+ALL_WGMMA_SPARSE="ET_SPARSE_MAX_DENSITY=0 ET_HOPPER_SPARSE_MAX_DENSITY=1.0 ET_HOPPER_SPARSE_MIN_ROWS=0"
 
 step() {  # step NAME LIMIT_S COMMAND... (a shell function of this script runs in a child bash)
   local name=$1 limit=$2; shift 2
   local t=$(date +%s)
   if declare -F "$1" >/dev/null; then
-    export -f "$1"; export EXE OUT ROOT ALL_TILE_SPARSE
+    export -f "$1"; export EXE OUT ROOT ALL_TILE_SPARSE ALL_WGMMA_SPARSE
     set -- bash -c "$*"
   fi
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
@@ -107,14 +110,16 @@ EOF
   # LayerNorm; $all_cutlass forces them on the padded batch (600 rows) too, and racechecks it with CUTLASS's own
   # kernels excluded (TMA and mbarriers, like cuBLASLt's): the split-K LayerNorm and the rest are checked.
   # $wgmma: every pruned layer through the opt-in wgmma tile-sparse kernel (mbarriers and bulk copies: memcheck
-  # only, racecheck does not model them), packed and padded.
+  # only, racecheck does not model them), packed and padded, and with its records of 4 and 2 tile rows (n64 / n32
+  # MMAs over the union of the rows' tiles; a compacted QKV weight's last record row can be partial).
   local wgmma="ET_HOPPER_SPARSE_MAX_DENSITY=1.0 ET_HOPPER_SPARSE_MIN_ROWS=0"
   local sparse=("$ALL_TILE_SPARSE" "$ALL_TILE_SPARSE ET_SPARSE_BM=64 --padded" "$ALL_TILE_SPARSE ET_SPARSE_BM=128 --padded"
                 "$ALL_TILE_SPARSE --short")
   local all_cutlass="ET_HOPPER_GEMM_MAX_ROWS=1000000000 --padded"
   for tool in memcheck racecheck; do
     local runs=("${sparse[@]}" "$all_cutlass --exclude-cutlass")
-    [ "$tool" = memcheck ] && runs=("" "--padded" "$all_cutlass" "${sparse[@]}" "$wgmma" "$wgmma --padded")
+    [ "$tool" = memcheck ] && runs=("" "--padded" "$all_cutlass" "${sparse[@]}" "$wgmma" "$wgmma --padded"
+                                     "$wgmma ET_HOPPER_SPARSE_GROUP=4" "$wgmma ET_HOPPER_SPARSE_GROUP=2 --padded")
     for run in "${runs[@]}"; do
       local envs=() pad="" batch="" exclude=()
       for word in $run; do
@@ -146,6 +151,8 @@ model = random_bert.make_model("bert-base", vocab=30522, seed=11)
 random_bert.export(model, random_bert.random_pruning(model, 1.0), out / "dense", dtype="float16")
 sparse = random_bert.make_model("bert-base", vocab=30522, seed=11)
 random_bert.export(sparse, random_bert.random_pruning(sparse, 0.2, seed=200), out / "s80", dtype="float16")
+wide = random_bert.make_model("bert-base", vocab=30522, seed=11)  # 80% in [64, 16] tiles: the wgmma kernel's G = 4
+random_bert.export(wide, random_bert.random_pruning(wide, 0.2, tile=(64, 16), seed=200), out / "t80", dtype="float16")
 import numpy as np  # perf.py's ragged batch: 32 lengths U[16, 128]
 lengths = np.random.default_rng(5).integers(16, 129, 32).astype(np.int32)
 np.save(out / "ragged_lengths.npy", lengths)
@@ -162,6 +169,7 @@ EOF
     set -- $run
     local knobs=() batch=(--batch "$2" --seq 128)
     [ "$1" = s80 ] && knobs=($ALL_TILE_SPARSE)
+    [ "$1" = t80 ] && knobs=($ALL_WGMMA_SPARSE)
     [ "$2" = ragged ] && batch=(--tokens "$dir/ragged_tokens.npy" --lengths "$dir/ragged_lengths.npy" ${3:+--padded})
     local csv="$OUT/ncu_$1_b$2${3:+_$3}.csv"
     env "${knobs[@]}" ncu --clock-control none --cache-control none --csv --page raw --metrics "$metrics" "$EXE" \
@@ -173,6 +181,7 @@ EOF
   if [ -n "${NCU_SOURCE:-}" ]; then
     local src=($NCU_SOURCE)
     [ "${src[1]}" = s80 ] && export $ALL_TILE_SPARSE
+    [ "${src[1]}" = t80 ] && export $ALL_WGMMA_SPARSE
     ncu --clock-control none -k "regex:${src[0]}" --launch-skip "${src[3]}" --launch-count 1 --section SourceCounters \
         --section WarpStateStats --page source --print-source sass --csv "$EXE" "$dir/${src[1]}/weights.txt" \
         "$dir/${src[1]}" --backend cuda --batch "${src[2]}" --seq 128 --iters 1 --warmup 0 > "$OUT/ncu_source.csv" \
@@ -183,6 +192,7 @@ EOF
   [ "${NCU_DETAIL:-}" = none ] && return 0
   set -- ${NCU_DETAIL:-tile_sparse s80 32}
   [ "$2" = s80 ] && export $ALL_TILE_SPARSE
+  [ "$2" = t80 ] && export $ALL_WGMMA_SPARSE
   echo "--- $1 details (two launches, model $2, batch $3 x 128)"
   ncu --clock-control none -k "regex:$1" --launch-skip 20 --launch-count 2 --section SpeedOfLight \
       --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \

@@ -20,6 +20,8 @@
 //   ET_HOPPER_SPARSE_MAX_DENSITY  a weight whose tile density is below this is also stored tiled for the wgmma
 //                          tile-sparse GEMM (sm_90), which runs it for batches of more than
 //   ET_HOPPER_SPARSE_MIN_ROWS  token rows (smaller batches: ET_SPARSE_MAX_DENSITY / _MAX_ROWS decide as before)
+//   ET_HOPPER_SPARSE_GROUP  tile rows of that kernel's records (one wgmma m64n(16G)k16 each): 1, 2 or 4; 0 (default)
+//                          chooses per weight (hopper_sparse::choose_group)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -161,7 +163,8 @@ struct DeviceLinear {
   hopper_sparse::Weight hw;
 #endif
 
-  DeviceLinear(const PreparedLinear& p, bool wgmma_layout)
+  // wgmma_group: -1 no wgmma layout; else its record rows' tile rows (0: hopper_sparse::choose_group's)
+  DeviceLinear(const PreparedLinear& p, int wgmma_group)
       : n(p.n), k(p.k), sparse(p.sparse), density(p.density()) {
     bias = upload_as<T>(p.bias);
     weight = upload_as<T>(p.dense);
@@ -171,15 +174,16 @@ struct DeviceLinear {
     tile_col = upload(p.tile_col.data(), p.tile_col.size());
     sw = DeviceSparseWeight{n, k, tiles.as<void>(), row_ptr.as<int32_t>(), tile_col.as<int32_t>()};
 #ifdef ET_WITH_HOPPER_SPARSE
-    if (wgmma_layout) {
-      const std::vector<T> rec = hopper_sparse::pack_records<T>(p);
-      const std::vector<int32_t> cuts = hopper_sparse::chunk_cuts(p);
-      records = upload(rec.data(), rec.size());
-      cut = upload(cuts.data(), cuts.size());
-      hw = hopper_sparse::Weight{n, k, hopper_sparse::chunk_count(k), records.as<void>(), cut.as<int32_t>()};
+    if (wgmma_group >= 0) {
+      const hopper_sparse::Packed<T> packed =
+          hopper_sparse::pack<T>(p, wgmma_group > 0 ? wgmma_group : hopper_sparse::choose_group(p));
+      records = upload(packed.records.data(), packed.records.size());
+      cut = upload(packed.cut.data(), packed.cut.size());
+      hw = hopper_sparse::Weight{n, k, hopper_sparse::chunk_count(k), packed.group, packed.rows,
+                                 records.as<void>(), cut.as<int32_t>()};
     }
 #else
-    (void)wgmma_layout;
+    (void)wgmma_group;
 #endif
   }
 };
@@ -191,11 +195,11 @@ struct DeviceLayer {
   int n_heads;
   DeviceBuffer ln1g, ln1b, ln2g, ln2b;
 
-  DeviceLayer(const PreparedLayer& p, bool wgmma_layout)
-      : qkv(p.qkv, wgmma_layout),
-        o(p.o, wgmma_layout),
-        ffn1(p.ffn1, wgmma_layout),
-        ffn2(p.ffn2, wgmma_layout),
+  DeviceLayer(const PreparedLayer& p, int wgmma_group)
+      : qkv(p.qkv, wgmma_group),
+        o(p.o, wgmma_group),
+        ffn1(p.ffn1, wgmma_group),
+        ffn2(p.ffn2, wgmma_group),
         n_heads(static_cast<int>(p.heads.size())) {
     std::vector<int32_t> slots;
     for (const HeadSlot& h : p.heads) slots.insert(slots.end(), {h.q_off, h.k_off, h.v_off, h.dqk, h.dv, h.out_off});
@@ -258,6 +262,9 @@ class CudaEngine final : public Backend {
       wgmma_max_density_ = wgmma_density;
       wgmma_min_rows_ = static_cast<int64_t>(std::max(wgmma_rows, 0.0));
     }
+    wgmma_group_ = static_cast<int>(env_number("ET_HOPPER_SPARSE_GROUP", 0));
+    if (wgmma_group_ != 0 && wgmma_group_ != 1 && wgmma_group_ != 2 && wgmma_group_ != 4)
+      throw Error(ET_ERR_INVALID_ARGUMENT, "ET_HOPPER_SPARSE_GROUP must be 0 (auto), 1, 2 or 4");
 #else
     (void)wgmma_density;
     (void)wgmma_rows;
@@ -286,7 +293,8 @@ class CudaEngine final : public Backend {
       type_ = upload_as<T>(m.type_emb);
       emb_g_ = upload_as<T>(m.emb_ln_gamma);
       emb_b_ = upload_as<T>(m.emb_ln_beta);
-      for (const PreparedLayer& pl : prepared_.layers) layers_.emplace_back(pl, wgmma_max_density_ > 0.0);
+      const int wgmma_group = wgmma_max_density_ > 0.0 ? wgmma_group_ : -1;  // -1: no wgmma layout
+      for (const PreparedLayer& pl : prepared_.layers) layers_.emplace_back(pl, wgmma_group);
       pool_w_ = upload_as<T>(dense_weight(m.pooler));
       pool_b_ = upload_as<T>(m.pooler.bias);
       cls_w_ = upload_as<T>(dense_weight(m.classifier));
@@ -591,6 +599,7 @@ class CudaEngine final : public Backend {
   double sparse_max_density_ = kDefaultSparseMaxDensity;  // the mma.sync tile-sparse kernel (small batches)
   double wgmma_max_density_ = 0.0;                        // the wgmma one (large batches); 0: not available
   int64_t wgmma_min_rows_ = kDefaultHopperSparseMinRows;
+  int wgmma_group_ = 0;                                   // tile rows of its records (0: chosen per weight)
   int64_t hopper_max_rows_ = -1;  // -1: no CUTLASS path (not built, not sm_90, or bf16)
   std::vector<int> by_length_;    // stage(): the batch's sequences, longest first
   int sms_ = 0;                   // the GPU's multiprocessors

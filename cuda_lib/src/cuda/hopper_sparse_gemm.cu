@@ -26,26 +26,35 @@ namespace et::cuda::hopper_sparse {
 namespace {
 
 constexpr int kBM = 128;                       // rows of X per block (two warpgroups of 64)
-constexpr int kTR = 12;                        // tile rows of a group: accumulators held at once (8 registers each)
-constexpr int kQuad = 4;                       // tile rows whose tiles a stage interleaves (independent MMA chains)
-constexpr int kPerRow = 2;                     // kept tiles of each of them per ring stage
-constexpr int kSlotTiles = kQuad * kPerRow;
-constexpr int kSlots = 8;                      // ring stages (a power of two)
-static_assert(kTR % kQuad == 0, "a group is whole quads");
 constexpr int kConsumers = 256;                // two warpgroups
 constexpr int kThreads = kConsumers + 128;     // + the producer warpgroup (one warp of it works)
 constexpr int kProducerRegs = 40;              // registers per thread after setmaxnreg: the producer warpgroup
 constexpr int kConsumerRegs = 232;             // and the consumers (128 x 40 + 256 x 232 <= 64K)
 constexpr int kXBlockBytes = kBM * 128;        // X in blocks of 64 columns: 128 rows of 128 bytes, 128-byte swizzle
 constexpr int kXBytes = kBM * kChunk * 2;
-constexpr int kSlotBytes = kSlotTiles * kRecordBytes;
-constexpr int kMetaOffset = kXBytes + kSlots * kSlotBytes;  // per stage: the quad's 4-bit tile counts | more << 16
-constexpr int kBarOffset = kMetaOffset + kSlots * 4;        // kSlots "full" then kSlots "empty" mbarriers
-constexpr int kZeroOffset = kBarOffset + 2 * kSlots * 8;    // a record of zeros: the MMA of a stage's empty place
-constexpr int kSmemBytes = kZeroOffset + kRecordBytes;
 constexpr unsigned kFullMask = 0xffffffffu;
-static_assert((kSlots & (kSlots - 1)) == 0, "kSlots must be a power of two");
-static_assert(kBarOffset % 8 == 0, "mbarriers need 8-byte alignment");
+
+// The kernel's shape for records of G tile rows (a wgmma m64n(16G)k16 each).
+template <int G>
+struct Shape {
+  static constexpr int kN = kTile * G;                    // output columns of a record row
+  static constexpr int kRecord = record_bytes(G);
+  static constexpr int kAcc = kN / 2;                     // accumulator registers of a record row (64 x kN fp32)
+  static constexpr int kTR = 12 / G;                      // record rows of a group: 96 accumulator registers
+  static constexpr int kQuad = G == 4 ? 1 : 4 / G;        // record rows whose records a stage interleaves
+  static constexpr int kPerRow = G == 4 ? 4 : 2;          // records of each of them per ring stage
+  static constexpr int kSlotRecords = kQuad * kPerRow;
+  static constexpr int kSlots = G == 4 ? 4 : 8;           // ring stages (a power of two): ~33 KB beside X
+  static constexpr int kSlotBytes = kSlotRecords * kRecord;
+  static constexpr int kMetaOffset = kXBytes + kSlots * kSlotBytes;  // per stage: 4-bit record counts | more << 16
+  static constexpr int kBarOffset = kMetaOffset + kSlots * 4;        // kSlots "full" then kSlots "empty" mbarriers
+  static constexpr int kZeroOffset = kBarOffset + 2 * kSlots * 8;    // a zero record: a stage's empty places
+  static constexpr int kSmemBytes = kZeroOffset + kRecord;
+  static_assert(kTR % kQuad == 0, "a group is whole quads");
+  static_assert((kSlots & (kSlots - 1)) == 0, "kSlots must be a power of two");
+  static_assert(kBarOffset % 8 == 0, "mbarriers need 8-byte alignment");
+  static_assert(kPerRow < 16 && kQuad <= 4, "a stage's counts are 4-bit fields of one int");
+};
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -92,23 +101,35 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
-// d[64 x 16] += A[64 x 16] . B[16 x 16]^T, both K-major in shared memory.
-template <typename T>
-__device__ __forceinline__ void wgmma_m64n16k16(float (&d)[8], uint64_t a, uint64_t b) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-        : "l"(a), "l"(b));
-  } else {
-    asm volatile(
-        "{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-        : "l"(a), "l"(b));
-  }
+// d[64 x N] += A[64 x 16] . B[N x 16]^T, both K-major in shared memory (N = 16, 32 or 64; N / 2 accumulators a
+// thread). The asm needs the type and the register list as literals: one statement per shape and type.
+#define ET_ACC8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+                   "+f"(d[i + 6]), "+f"(d[i + 7])
+#define ET_WGMMA(SHAPE, TY, REGS, AB, ...)                                                                \
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n wgmma.mma_async.sync.aligned." SHAPE ".f32." TY \
+               "." TY " {" REGS "}, " AB ", p, 1, 1, 0, 0;\n}\n"                                           \
+               : __VA_ARGS__                                                                              \
+               : "l"(a), "l"(b))
+#define ET_REGS8 "%0,%1,%2,%3,%4,%5,%6,%7"
+#define ET_REGS16 ET_REGS8 ",%8,%9,%10,%11,%12,%13,%14,%15"
+#define ET_REGS32 ET_REGS16 ",%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t a, uint64_t b) {
+  constexpr bool f16 = std::is_same_v<T, __half>;
+  if constexpr (N == 16 && f16) ET_WGMMA("m64n16k16", "f16", ET_REGS8, "%8, %9", ET_ACC8(0));
+  if constexpr (N == 16 && !f16) ET_WGMMA("m64n16k16", "bf16", ET_REGS8, "%8, %9", ET_ACC8(0));
+  if constexpr (N == 32 && f16) ET_WGMMA("m64n32k16", "f16", ET_REGS16, "%16, %17", ET_ACC8(0), ET_ACC8(8));
+  if constexpr (N == 32 && !f16) ET_WGMMA("m64n32k16", "bf16", ET_REGS16, "%16, %17", ET_ACC8(0), ET_ACC8(8));
+  if constexpr (N == 64 && f16)
+    ET_WGMMA("m64n64k16", "f16", ET_REGS32, "%32, %33", ET_ACC8(0), ET_ACC8(8), ET_ACC8(16), ET_ACC8(24));
+  if constexpr (N == 64 && !f16)
+    ET_WGMMA("m64n64k16", "bf16", ET_REGS32, "%32, %33", ET_ACC8(0), ET_ACC8(8), ET_ACC8(16), ET_ACC8(24));
 }
+#undef ET_REGS32
+#undef ET_REGS16
+#undef ET_REGS8
+#undef ET_WGMMA
+#undef ET_ACC8
 
 // Copy rows m0 .. m0 + 127 (zero past m) of X's columns c0 .. c0 + width into shared memory in wgmma's K-major
 // 128-byte-swizzle layout: blocks of 64 columns, row r of a block at r * 128 bytes, its 16-byte piece j at
@@ -131,38 +152,43 @@ __device__ __forceinline__ void load_x_chunk(unsigned char* sx, const T* __restr
   consumers_sync();
 }
 
-// Write the 16 columns of tile rows tr0 .. tr0 + rows - 1 (at most a quad) for this thread's two output rows:
-// accumulator element 4h + 2q + e of row r is output row row_base + 8q, column (tr0 + r) * 16 + 8h + 2 * (lane % 4) + e
-// (wgmma's m64nN f32 fragment). Every bias and residual load of the quad is issued before the first use (one
-// memory round trip a quad), and none is left in flight at the next wgmma.fence, which waits for the warpgroup's
-// pending register writes (NOTES.md, session 8).
-template <typename T>
-__device__ __forceinline__ void store_quad(float (&acc)[kTR][8], int j0, int rows, const T* __restrict__ bias,
-                                           const T* __restrict__ residual, T* __restrict__ y, int tr0, int row_base,
-                                           int m, int n, int epi, int lane) {
+// Write the kN columns of record rows tr0 .. tr0 + rows - 1 (at most a quad) for this thread's two output rows:
+// accumulator element 4h + 2q + e of record row r is output row row_base + 8q, column (tr0 + r) * kN + 8h +
+// 2 * (lane % 4) + e (wgmma's m64nN f32 fragment); columns from n on (a last record row of fewer than G tile rows)
+// are not written. Every bias and residual load of the quad is issued before the first use (one memory round trip
+// a quad), and none is left in flight at the next wgmma.fence, which waits for the warpgroup's pending register
+// writes (NOTES.md, session 8).
+template <typename T, int G>
+__device__ __forceinline__ void store_quad(float (&acc)[Shape<G>::kTR][Shape<G>::kAcc], int j0, int rows,
+                                           const T* __restrict__ bias, const T* __restrict__ residual,
+                                           T* __restrict__ y, int tr0, int row_base, int m, int n, int epi, int lane) {
+  using S = Shape<G>;
+  constexpr int kH = S::kN / 8;  // 8-column groups of a record row
   const bool add_res = epi == static_cast<int>(Epilogue::kBiasResidual);
-  uint32_t b[kQuad][2], res[kQuad][2][2];
+  uint32_t b[S::kQuad][kH], res[S::kQuad][kH][2];
 #pragma unroll
-  for (int r = 0; r < kQuad; ++r)
+  for (int r = 0; r < S::kQuad; ++r)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int col = (tr0 + r) * kTile + h * 8 + 2 * (lane & 3);
-      b[r][h] = r < rows ? __ldg(reinterpret_cast<const unsigned int*>(bias + col)) : 0u;
+    for (int h = 0; h < kH; ++h) {
+      const int col = (tr0 + r) * S::kN + h * 8 + 2 * (lane & 3);
+      const bool ok = r < rows && col < n;
+      b[r][h] = ok ? __ldg(reinterpret_cast<const unsigned int*>(bias + col)) : 0u;
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
         const int row = row_base + q * 8;
-        res[r][h][q] = add_res && r < rows && row < m
+        res[r][h][q] = add_res && ok && row < m
                            ? __ldg(reinterpret_cast<const unsigned int*>(residual + static_cast<size_t>(row) * n + col))
                            : 0u;
       }
     }
 #pragma unroll
-  for (int r = 0; r < kQuad; ++r) {
+  for (int r = 0; r < S::kQuad; ++r) {
     if (r >= rows) continue;
-    const float(&d)[8] = acc[j0 + r];
+    const float(&d)[S::kAcc] = acc[j0 + r];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int col = (tr0 + r) * kTile + h * 8 + 2 * (lane & 3);
+    for (int h = 0; h < kH; ++h) {
+      const int col = (tr0 + r) * S::kN + h * 8 + 2 * (lane & 3);
+      if (col >= n) continue;
       const float2 bb = Elem<T>::unpack2(b[r][h]);
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
@@ -180,34 +206,37 @@ __device__ __forceinline__ void store_quad(float (&acc)[kTR][8], int j0, int row
   }
 }
 
-// Producer warp: the slab's stages in the consumers' order: group, chunk, quad of tile rows, then the next kPerRow
-// kept tiles of each of the quad's rows in the chunk (row r's at slot tile r * kPerRow); a quad with no tile in the
-// chunk still gets one empty stage. One bulk copy per row and stage (a row's tiles within a chunk are contiguous).
+// Producer warp: the slab's stages in the consumers' order: group, chunk, quad of record rows, then the next
+// kPerRow records of each of the quad's rows in the chunk (row r's at slot record r * kPerRow); a quad with no
+// record in the chunk still gets one empty stage. One bulk copy per row and stage (a row's records within a chunk
+// are contiguous).
+template <int G>
 __device__ __forceinline__ void produce(const Weight& w, int row0, int row_end, uint32_t ring, int* meta,
                                         uint32_t full, uint32_t empty, int lane) {
+  using S = Shape<G>;
   const int chunks = w.chunks;
   const unsigned char* records = static_cast<const unsigned char*>(w.records);
   int stage = 0;
-  for (int r0 = row0; r0 < row_end; r0 += kTR) {
-    const int rows = min(kTR, row_end - r0);
+  for (int r0 = row0; r0 < row_end; r0 += S::kTR) {
+    const int rows = min(S::kTR, row_end - r0);
     for (int c = 0; c < chunks; ++c) {
-      // lane r < kTR: row r0 + r's tiles [lo, hi) in chunk c, advanced by kPerRow per stage
+      // lane r < kTR: row r0 + r's records [lo, hi) in chunk c, advanced by kPerRow per stage
       int lo = 0, hi = 0;
       if (lane < rows) {
         lo = __ldg(w.cut + static_cast<size_t>(r0 + lane) * (chunks + 1) + c);
         hi = __ldg(w.cut + static_cast<size_t>(r0 + lane) * (chunks + 1) + c + 1);
       }
-      for (int q = 0; q < rows; q += kQuad) {
-        const bool mine = lane >= q && lane < q + kQuad;
+      for (int q = 0; q < rows; q += S::kQuad) {
+        const bool mine = lane >= q && lane < q + S::kQuad;
         bool more = true;
         while (more) {
-          const int n = mine ? min(hi - lo, kPerRow) : 0;  // this lane's row: tiles in this stage
-          const int slot = stage & (kSlots - 1);
-          mbar_wait(empty + 8 * slot, ((stage / kSlots) & 1) ^ 1);
+          const int n = mine ? min(hi - lo, S::kPerRow) : 0;  // this lane's row: records in this stage
+          const int slot = stage & (S::kSlots - 1);
+          mbar_wait(empty + 8 * slot, ((stage / S::kSlots) & 1) ^ 1);
           int packed = mine ? n << (4 * (lane - q)) : 0;
-          int bytes = n * kRecordBytes;
+          int bytes = n * S::kRecord;
 #pragma unroll
-          for (int off = 1; off < kQuad; off <<= 1) {  // lanes q .. q + 3 hold the quad: sum within the quad
+          for (int off = 1; off < S::kQuad; off <<= 1) {  // lanes q .. q + kQuad - 1 hold the quad: sum within it
             packed += __shfl_down_sync(kFullMask, packed, off);
             bytes += __shfl_down_sync(kFullMask, bytes, off);
           }
@@ -220,8 +249,8 @@ __device__ __forceinline__ void produce(const Weight& w, int row0, int row_end, 
           }
           __syncwarp();
           if (n > 0)  // after the expect_tx above: each row's copy from its own lane
-            bulk_copy(ring + slot * kSlotBytes + (lane - q) * kPerRow * kRecordBytes,
-                      records + static_cast<size_t>(lo) * kRecordBytes, n * kRecordBytes, full + 8 * slot);
+            bulk_copy(ring + slot * S::kSlotBytes + (lane - q) * S::kPerRow * S::kRecord,
+                      records + static_cast<size_t>(lo) * S::kRecord, n * S::kRecord, full + 8 * slot);
           lo += n;
           ++stage;
         }
@@ -230,20 +259,21 @@ __device__ __forceinline__ void produce(const Weight& w, int row0, int row_end, 
   }
 }
 
-template <typename T>
+template <typename T, int G>
 __global__ void __launch_bounds__(kThreads, 1)
     tile_sparse_wgmma_kernel(const T* __restrict__ x, int m, Weight w, int rows_per_block, const T* __restrict__ bias,
                              const T* __restrict__ residual, T* __restrict__ y, int epi) {
+  using S = Shape<G>;
   extern __shared__ __align__(1024) unsigned char smem[];  // the swizzle pattern needs 1024-byte alignment
   const uint32_t sx = smem_addr(smem);
   const uint32_t ring = sx + kXBytes;
-  int* meta = reinterpret_cast<int*>(smem + kMetaOffset);
-  const uint32_t full = sx + kBarOffset, empty = full + 8 * kSlots;
+  int* meta = reinterpret_cast<int*>(smem + S::kMetaOffset);
+  const uint32_t full = sx + S::kBarOffset, empty = full + 8 * S::kSlots;
   const int tid = threadIdx.x, lane = tid & 31;
   const int row0 = blockIdx.y * rows_per_block;
-  const int row_end = min(row0 + rows_per_block, w.n / kTile);
+  const int row_end = min(row0 + rows_per_block, w.rows);
   if (tid == 0) {
-    for (int s = 0; s < kSlots; ++s) {
+    for (int s = 0; s < S::kSlots; ++s) {
       mbar_init(full + 8 * s, 1);
       mbar_init(empty + 8 * s, 2);  // one arrival per consumer warpgroup
     }
@@ -252,7 +282,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   if (tid >= kConsumers) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
-    if (tid < kConsumers + 32) produce(w, row0, row_end, ring, meta, full, empty, lane);
+    if (tid < kConsumers + 32) produce<G>(w, row0, row_end, ring, meta, full, empty, lane);
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
@@ -266,19 +296,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   int stage = 0, released = 0;
   auto release_done = [&] {  // every stage before `stage` has finished its MMAs: hand their slots to the producer
     for (; released < stage; ++released)
-      if (releaser) mbar_arrive(empty + 8 * (released & (kSlots - 1)));
+      if (releaser) mbar_arrive(empty + 8 * (released & (S::kSlots - 1)));
   };
-  float acc[kTR][8];
-  const uint32_t zero = sx + kZeroOffset;
-  for (int i = tid; i < kRecordBytes / 4; i += kConsumers) reinterpret_cast<uint32_t*>(smem + kZeroOffset)[i] = 0u;
+  float acc[S::kTR][S::kAcc];
+  const uint32_t zero = sx + S::kZeroOffset;
+  for (int i = tid; i < S::kRecord / 4; i += kConsumers) reinterpret_cast<uint32_t*>(smem + S::kZeroOffset)[i] = 0u;
   // (the first X chunk's proxy fence and barrier below also publish it to the MMAs)
 
-  for (int r0 = row0; r0 < row_end; r0 += kTR) {
-    const int rows = min(kTR, row_end - r0);
+  for (int r0 = row0; r0 < row_end; r0 += S::kTR) {
+    const int rows = min(S::kTR, row_end - r0);
 #pragma unroll
-    for (int j = 0; j < kTR; ++j)
+    for (int j = 0; j < S::kTR; ++j)
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc[j][e] = 0.0f;
+      for (int e = 0; e < S::kAcc; ++e) acc[j][e] = 0.0f;
     for (int c = 0; c < w.chunks; ++c) {
       const bool last_chunk = c + 1 == w.chunks;
       if (r0 == row0 || w.chunks > 1) {
@@ -286,35 +316,35 @@ __global__ void __launch_bounds__(kThreads, 1)
         load_x_chunk<T>(smem, x, m, m0, w.k, c * kChunk, min(kChunk, w.k - c * kChunk), tid);
       }
 #pragma unroll
-      for (int q = 0; q < kTR; q += kQuad) {
+      for (int q = 0; q < S::kTR; q += S::kQuad) {
         if (q < rows) {
           bool more = true;
           while (more) {
-            const int slot = stage & (kSlots - 1);
-            mbar_wait(full + 8 * slot, (stage / kSlots) & 1);
+            const int slot = stage & (S::kSlots - 1);
+            mbar_wait(full + 8 * slot, (stage / S::kSlots) & 1);
             const int info = __shfl_sync(kFullMask, meta[slot], 0);  // warp-uniform to the compiler
             more = (info >> 16) != 0;
-            const uint32_t rec = ring + slot * kSlotBytes;
-            // Every place of the stage gets an MMA, the empty ones (a row with fewer than kPerRow tiles left) on the
-            // zero record: straight-line wgmmas that ptxas batches (a branch around each one made it fence each).
-            uint64_t da[kSlotTiles], db[kSlotTiles];
+            const uint32_t rec = ring + slot * S::kSlotBytes;
+            // Every place of the stage gets an MMA, the empty ones (a row with fewer than kPerRow records left) on
+            // the zero record: straight-line wgmmas that ptxas batches (a branch around each one made it fence each).
+            uint64_t da[S::kSlotRecords], db[S::kSlotRecords];
 #pragma unroll
-            for (int t = 0; t < kPerRow; ++t)
+            for (int t = 0; t < S::kPerRow; ++t)
 #pragma unroll
-              for (int r = 0; r < kQuad; ++r) {
+              for (int r = 0; r < S::kQuad; ++r) {
                 const bool real = t < ((info >> (4 * r)) & 0xf);
-                const uint32_t tile = real ? rec + (r * kPerRow + t) * kRecordBytes : zero;
-                const uint32_t col = real ? ld_shared_u32(tile) - c * (kChunk / kTile) : 0u;  // in the chunk
+                const uint32_t record = real ? rec + (r * S::kPerRow + t) * S::kRecord : zero;
+                const uint32_t col = real ? ld_shared_u32(record) - c * (kChunk / kTile) : 0u;  // in the chunk
                 // column block col / 4, then 32 bytes per tile column inside it (in 16-byte units)
-                da[t * kQuad + r] = desc_x + (col >> 2) * (kXBlockBytes >> 4) + (col & 3) * 2;
-                db[t * kQuad + r] = smem_desc(tile + 16, 128, 256);
+                da[t * S::kQuad + r] = desc_x + (col >> 2) * (kXBlockBytes >> 4) + (col & 3) * 2;
+                db[t * S::kQuad + r] = smem_desc(record + 16, 128, 256);
               }
             wgmma_fence();
 #pragma unroll
-            for (int t = 0; t < kPerRow; ++t)
+            for (int t = 0; t < S::kPerRow; ++t)
 #pragma unroll
-              for (int r = 0; r < kQuad; ++r)  // consecutive MMAs into the quad's four accumulators
-                wgmma_m64n16k16<T>(acc[q + r], da[t * kQuad + r], db[t * kQuad + r]);
+              for (int r = 0; r < S::kQuad; ++r)  // consecutive MMAs into the quad's accumulators
+                wgmma_m64k16<T, S::kN>(acc[q + r], da[t * S::kQuad + r], db[t * S::kQuad + r]);
             wgmma_commit();
             wgmma_wait<1>();  // every stage before this one is done: release them
             release_done();
@@ -324,7 +354,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                              // in flight, even another quad's, makes ptxas serialize every wgmma: C7514)
             wgmma_wait<0>();
             release_done();
-            store_quad<T>(acc, q, min(kQuad, rows - q), bias, residual, y, r0 + q, row_base, m, w.n, epi, lane);
+            store_quad<T, G>(acc, q, min(S::kQuad, rows - q), bias, residual, y, r0 + q, row_base, m, w.n, epi,
+                             lane);
           }
         }
       }
@@ -334,65 +365,104 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-}  // namespace
-
-int shared_bytes() { return kSmemBytes; }
-
-template <typename T>
-std::vector<T> pack_records(const PreparedLinear& p) {
-  constexpr int kElems = kRecordBytes / 2;
-  std::vector<T> out(static_cast<size_t>(p.kept_tiles) * kElems, T(0.0f));
-  const int rows = p.n / kTile;
-  for (int tr = 0; tr < rows; ++tr)
-    for (int i = p.row_ptr[tr]; i < p.row_ptr[tr + 1]; ++i) {
-      T* rec = out.data() + static_cast<size_t>(i) * kElems;
-      const int32_t col = p.tile_col[i];
-      std::memcpy(rec, &col, sizeof col);
-      T* tile = rec + 8;
-      for (int r = 0; r < kTile; ++r)
-        for (int c = 0; c < kTile; ++c)
-          tile[((r / 8) * 2 + c / 8) * 64 + (r % 8) * 8 + c % 8] =
-              T(p.dense[static_cast<size_t>(tr * kTile + r) * p.k + static_cast<size_t>(col) * kTile + c]);
-    }
-  return out;
+template <typename T, int G>
+void launch_group(const Weight& w, const T* x, int m, const T* bias, const T* residual, T* y, Epilogue epi, int sms,
+                  const Stream& s) {
+  using S = Shape<G>;
+  constexpr auto kernel = tile_sparse_wgmma_kernel<T, G>;
+  allow_dynamic_smem<kernel>(S::kSmemBytes, "cudaFuncSetAttribute(tile_sparse_wgmma)");
+  const int groups = (w.rows + S::kTR - 1) / S::kTR;
+  const int m_blocks = (m + kBM - 1) / kBM;
+  // One wave: as many slabs as blocks fit beside the row blocks; with K in several chunks one group a block
+  // (its accumulators cannot wait for a second group while X's chunks go by).
+  const int slabs = w.chunks > 1 ? groups : std::clamp(sms / m_blocks, 1, groups);
+  const int rows_per_block = (groups + slabs - 1) / slabs * S::kTR;
+  const int used = (w.rows + rows_per_block - 1) / rows_per_block;
+  launch("tile_sparse_wgmma", kernel, dim3(m_blocks, used), dim3(kThreads), S::kSmemBytes, s, x, m, w,
+         rows_per_block, bias, residual, y, static_cast<int>(epi));
 }
 
-std::vector<int32_t> chunk_cuts(const PreparedLinear& p) {
-  const int rows = p.n / kTile, chunks = chunk_count(p.k);
-  const int chunk_tiles = kChunk / kTile;
-  std::vector<int32_t> cut;
-  cut.reserve(static_cast<size_t>(rows) * (chunks + 1));
-  for (int tr = 0; tr < rows; ++tr) {
-    int i = p.row_ptr[tr];
-    for (int c = 0; c < chunks; ++c) {
-      while (i < p.row_ptr[tr + 1] && p.tile_col[i] < c * chunk_tiles) ++i;
-      cut.push_back(i);
-    }
-    cut.push_back(p.row_ptr[tr + 1]);
+}  // namespace
+
+int shared_bytes() { return std::max({Shape<1>::kSmemBytes, Shape<2>::kSmemBytes, Shape<4>::kSmemBytes}); }
+
+namespace {
+
+// Record row g's record columns: the union of the kept tile columns of tile rows g * G .. g * G + G - 1, ascending.
+std::vector<int32_t> union_columns(const PreparedLinear& p, int group, int g) {
+  std::vector<int32_t> cols;
+  const int tile_rows = p.n / kTile;
+  for (int tr = g * group; tr < std::min((g + 1) * group, tile_rows); ++tr)
+    cols.insert(cols.end(), p.tile_col.begin() + p.row_ptr[tr], p.tile_col.begin() + p.row_ptr[tr + 1]);
+  std::sort(cols.begin(), cols.end());
+  cols.erase(std::unique(cols.begin(), cols.end()), cols.end());
+  return cols;
+}
+
+int record_rows(const PreparedLinear& p, int group) { return (p.n / kTile + group - 1) / group; }
+
+}  // namespace
+
+int64_t record_count(const PreparedLinear& p, int group) {
+  int64_t count = 0;
+  for (int g = 0; g < record_rows(p, group); ++g) count += static_cast<int64_t>(union_columns(p, group, g).size());
+  return count;
+}
+
+int choose_group(const PreparedLinear& p) {
+  int best = 1;
+  double best_cost = static_cast<double>(record_count(p, 1));
+  for (int group : {2, 4}) {
+    const double cost = static_cast<double>(record_count(p, group)) * kRecordCost[group == 2 ? 1 : 2];
+    if (cost < best_cost) best = group, best_cost = cost;
   }
-  return cut;
+  return best;
+}
+
+template <typename T>
+Packed<T> pack(const PreparedLinear& p, int group) {
+  Packed<T> out;
+  out.group = group;
+  out.rows = record_rows(p, group);
+  const int elems = record_bytes(group) / 2, chunks = chunk_count(p.k), chunk_tiles = kChunk / kTile;
+  out.cut.reserve(static_cast<size_t>(out.rows) * (chunks + 1));
+  for (int g = 0; g < out.rows; ++g) {
+    const std::vector<int32_t> cols = union_columns(p, group, g);
+    const size_t first = out.records.size() / elems;
+    out.records.resize(out.records.size() + cols.size() * elems, T(0.0f));
+    for (size_t i = 0; i < cols.size(); ++i) {
+      T* rec = out.records.data() + (first + i) * elems;
+      std::memcpy(rec, &cols[i], sizeof cols[i]);
+      T* b = rec + 8;  // B operand: kN rows (output columns) x 16, as 8 x 8 core matrices, K-neighbours adjacent
+      for (int r = 0; r < kTile * group && g * kTile * group + r < p.n; ++r)
+        for (int c = 0; c < kTile; ++c)
+          b[((r / 8) * 2 + c / 8) * 64 + (r % 8) * 8 + c % 8] =
+              T(p.dense[static_cast<size_t>(g * kTile * group + r) * p.k + static_cast<size_t>(cols[i]) * kTile + c]);
+    }
+    size_t i = 0;
+    for (int c = 0; c < chunks; ++c) {
+      while (i < cols.size() && cols[i] < c * chunk_tiles) ++i;
+      out.cut.push_back(static_cast<int32_t>(first + i));
+    }
+    out.cut.push_back(static_cast<int32_t>(first + cols.size()));
+  }
+  return out;
 }
 
 template <typename T>
 void gemm(const Weight& w, const T* x, int m, const T* bias, const T* residual, T* y, Epilogue epi, int sms,
           const Stream& s) {
   if (m <= 0) return;
-  constexpr auto kernel = tile_sparse_wgmma_kernel<T>;
-  allow_dynamic_smem<kernel>(kSmemBytes, "cudaFuncSetAttribute(tile_sparse_wgmma)");
-  const int tile_rows = w.n / kTile;
-  const int groups = (tile_rows + kTR - 1) / kTR;
-  const int m_blocks = (m + kBM - 1) / kBM;
-  // One wave: as many slabs as blocks fit beside the row blocks; with K in several chunks one group a block
-  // (its accumulators cannot wait for a second group while X's chunks go by).
-  const int slabs = w.chunks > 1 ? groups : std::clamp(sms / m_blocks, 1, groups);
-  const int rows_per_block = (tile_rows + slabs - 1) / slabs;
-  const int used = (tile_rows + rows_per_block - 1) / rows_per_block;
-  launch("tile_sparse_wgmma", kernel, dim3(m_blocks, used), dim3(kThreads), kSmemBytes, s, x, m, w, rows_per_block,
-         bias, residual, y, static_cast<int>(epi));
+  switch (w.group) {
+    case 1: return launch_group<T, 1>(w, x, m, bias, residual, y, epi, sms, s);
+    case 2: return launch_group<T, 2>(w, x, m, bias, residual, y, epi, sms, s);
+    case 4: return launch_group<T, 4>(w, x, m, bias, residual, y, epi, sms, s);
+    default: throw Error(ET_ERR_BACKEND, "wgmma record group must be 1, 2 or 4");
+  }
 }
 
-template std::vector<__half> pack_records<__half>(const PreparedLinear&);
-template std::vector<__nv_bfloat16> pack_records<__nv_bfloat16>(const PreparedLinear&);
+template Packed<__half> pack<__half>(const PreparedLinear&, int);
+template Packed<__nv_bfloat16> pack<__nv_bfloat16>(const PreparedLinear&, int);
 template void gemm<__half>(const Weight&, const __half*, int, const __half*, const __half*, __half*, Epilogue, int,
                            const Stream&);
 template void gemm<__nv_bfloat16>(const Weight&, const __nv_bfloat16*, int, const __nv_bfloat16*,

@@ -13,32 +13,53 @@
 
 namespace et::cuda::hopper_sparse {
 
-constexpr int kChunk = 768;        // columns of K held in shared memory at once (K is processed in chunks)
-constexpr int kRecordBytes = 528;  // one kept tile on the device: 16-byte header (its tile column), 512 data bytes
+constexpr int kChunk = 768;  // columns of K held in shared memory at once (K is processed in chunks)
 
-// A tile-sparse weight in this kernel's layout. records: the kept tiles in CSR order (prepare.h), each a
-// 16-byte header whose first int32 is the tile column, then the 16x16 tile as four 8x8 core matrices (rows
-// 0-7 / columns 0-7, rows 0-7 / columns 8-15, rows 8-15 / 0-7, rows 8-15 / 8-15; each 8 rows of 16 bytes).
-// cut[r * (chunks + 1) + c]: the first record of tile row r whose column lies in K chunk c or later.
+// A record is one wgmma B operand: G tile rows (G = 1, 2 or 4: 16G output columns) x one tile column, the union of
+// the G rows' kept tiles (a tile a row does not keep is zeros). Weights pruned in [64, 16] tiles have no such zeros
+// at G = 4; random 16 x 16 tiles pay the union.
+constexpr int record_bytes(int group) { return 16 + 512 * group; }  // a 16-byte header, then the 16G x 16 operand
+// Cost of one record of G = 2 and G = 4 in units of a G = 1 record, for choosing G (an estimate before session 9's
+// measurement: a wgmma's time grows less than its width at these sizes; NOTES.md).
+constexpr double kRecordCost[3] = {1.0, 1.25, 1.6};
+
+// A tile-sparse weight in this kernel's layout. records: per record row (G tile rows), its records in ascending
+// tile column, each a 16-byte header whose first int32 is the tile column, then the 16G x 16 operand as 8x8 core
+// matrices (8 rows of 16 bytes; core matrix (i, j) of rows 8i.. and columns 8j.. at (2i + j) * 128 bytes).
+// cut[g * (chunks + 1) + c]: the first record of record row g whose column lies in K chunk c or later.
 struct Weight {
   int n = 0;
   int k = 0;
   int chunks = 0;
+  int group = 1;  // tile rows of a record row
+  int rows = 0;   // record rows: ceil(n / (16 group))
   const void* records = nullptr;
   const int32_t* cut = nullptr;
+};
+
+// The host side of a Weight: records (elements of type T, __half or __nv_bfloat16, header bits included) and cut.
+template <typename T>
+struct Packed {
+  std::vector<T> records;
+  std::vector<int32_t> cut;
+  int group = 1;
+  int rows = 0;
 };
 
 // K chunks of kChunk columns for a weight with k columns.
 inline int chunk_count(int k) { return (k + kChunk - 1) / kChunk; }
 
-// The records of a sparse prepared weight, elements of type T (__half or __nv_bfloat16), header bits included.
+// Records of a sparse prepared weight at record rows of `group` tile rows.
+int64_t record_count(const PreparedLinear& p, int group);
+
+// The group (1, 2 or 4) with the least estimated MMA time: record_count x kRecordCost.
+int choose_group(const PreparedLinear& p);
+
+// A sparse prepared weight in this kernel's layout at record rows of `group` (1, 2 or 4) tile rows.
 template <typename T>
-std::vector<T> pack_records(const PreparedLinear& p);
+Packed<T> pack(const PreparedLinear& p, int group);
 
-// The per-chunk record bounds `cut` of a sparse prepared weight.
-std::vector<int32_t> chunk_cuts(const PreparedLinear& p);
-
-// Bytes of shared memory one block needs (the device must allow that much per block).
+// Bytes of shared memory one block needs at most (the device must allow that much per block).
 int shared_bytes();
 
 // y[m, n] = epilogue(x[m, k] . W^T + bias (+ residual)), x / y / residual row-major. Throws et::Error when the
