@@ -6,6 +6,7 @@
 #   perf      the issue's performance targets and switch points      (cuda_lib/gpu/perf.py)
 #   ncu       per-kernel profile of one dense and one 80%-sparse forward (ncu --clock-control none; NCU_CASES
 #             picks model/batch pairs, e.g. "t80 32": 80% in [64, 16] tiles through the wgmma kernel)
+#   clocks    per-stage clock64 timeline of one block of the wgmma tile-sparse GEMM (cuda_lib/gpu/wgmma_clocks.cu)
 #   order     batch-1 forward time by engine load order (cuda_lib/gpu/load_order.py)
 #   bench     python -m pipeline_steps.bench --standalone (writes BENCHMARKS.md; outputs tarred)
 #   benchsmoke  the same on a tiny grid
@@ -200,6 +201,19 @@ EOF
       --iters 1 --warmup 0 2>&1 | grep -v "^==PROF==" | tail -150
 }
 
+clocks() {  # the wgmma kernel's per-stage timeline (cuda_lib/gpu/wgmma_clocks.cu); CLOCKS_CASES: "G N K M density
+  # tile-rows" list, default BERT-base's O at b32 and b1 and FFN2 at b32, 80% in [64, 16] tiles, G = 4 and 1
+  set -o pipefail
+  nvcc -std=c++17 -O3 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -DET_HOPPER_SPARSE_CLOCKS \
+      -Icuda_lib/include -Icuda_lib/src cuda_lib/gpu/wgmma_clocks.cu cuda_lib/src/cuda/prepare.cu \
+      -o /tmp/wgmma_clocks || return 1
+  local run default="4 768 768 4096 0.2 64,1 768 768 4096 0.2 64,4 768 768 128 0.2 64,4 768 3072 4096 0.2 64"
+  IFS=, read -ra runs <<< "${CLOCKS_CASES:-$default}"
+  for run in "${runs[@]}"; do
+    /tmp/wgmma_clocks $run | tee -a "$OUT/clocks.txt" | head -60 || return 1
+  done
+}
+
 for s in "$@"; do
   case $s in
     check) step check "${CHECK_LIMIT:-420}" python3 cuda_lib/gpu/check.py --lib "$LIB" --work /tmp/et-check \
@@ -210,6 +224,7 @@ for s in "$@"; do
     perf) step perf "${PERF_LIMIT:-480}" python3 cuda_lib/gpu/perf.py --lib "$LIB" --work /tmp/et-perf --json "$OUT/perf.json" \
             ${PERF_ARGS:-} ;;
     ncu) step ncu "${NCU_LIMIT:-540}" profile ;;
+    clocks) step clocks "${CLOCKS_LIMIT:-120}" clocks ;;
     bench)
       mkdir -p /tmp/et-bench-md
       step bench "${BENCH_LIMIT:-580}" python3 -m pipeline_steps.bench --standalone --lib "$LIB" --out-dir /tmp/et-bench \

@@ -34,6 +34,18 @@ constexpr int kXBlockBytes = kBM * 128;        // X in blocks of 64 columns: 128
 constexpr int kXBytes = kBM * kChunk * 2;
 constexpr unsigned kFullMask = 0xffffffffu;
 
+#ifdef ET_HOPPER_SPARSE_CLOCKS
+// Diagnostics only (cuda_lib/gpu/wgmma_clocks.cu builds this file with it): clock64 stamps of block (0, 0), kStamps
+// per ring stage (consumer thread 0: 0 before the full wait, 1 after it, 2 after the commit, 3 after wait 1;
+// producer lane 0: 4 before the empty wait, 5 after it, 6 after its copies), the X fills and epilogues after them.
+constexpr int kStamps = 8, kClockStages = 1024;
+__device__ long long g_clock[kClockStages * kStamps + 64];
+#define ET_STAMP(cond, index) \
+  if ((cond) && blockIdx.x == 0 && blockIdx.y == 0 && (index) < kClockStages * kStamps + 64) g_clock[index] = clock64()
+#else
+#define ET_STAMP(cond, index)
+#endif
+
 // The kernel's shape for records of G tile rows (a wgmma m64n(16G)k16 each).
 template <int G>
 struct Shape {
@@ -232,7 +244,9 @@ __device__ __forceinline__ void produce(const Weight& w, int row0, int row_end, 
         while (more) {
           const int n = mine ? min(hi - lo, S::kPerRow) : 0;  // this lane's row: records in this stage
           const int slot = stage & (S::kSlots - 1);
+          ET_STAMP(lane == 0, stage * kStamps + 4);
           mbar_wait(empty + 8 * slot, ((stage / S::kSlots) & 1) ^ 1);
+          ET_STAMP(lane == 0, stage * kStamps + 5);
           int packed = mine ? n << (4 * (lane - q)) : 0;
           int bytes = n * S::kRecord;
 #pragma unroll
@@ -251,6 +265,7 @@ __device__ __forceinline__ void produce(const Weight& w, int row0, int row_end, 
           if (n > 0)  // after the expect_tx above: each row's copy from its own lane
             bulk_copy(ring + slot * S::kSlotBytes + (lane - q) * S::kPerRow * S::kRecord,
                       records + static_cast<size_t>(lo) * S::kRecord, n * S::kRecord, full + 8 * slot);
+          ET_STAMP(lane == 0, stage * kStamps + 6);
           lo += n;
           ++stage;
         }
@@ -313,7 +328,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool last_chunk = c + 1 == w.chunks;
       if (r0 == row0 || w.chunks > 1) {
         if (r0 != row0 || c > 0) consumers_sync();  // every warpgroup is done with the previous chunk
+        ET_STAMP(tid == 0, kClockStages * kStamps + 2 * c);
         load_x_chunk<T>(smem, x, m, m0, w.k, c * kChunk, min(kChunk, w.k - c * kChunk), tid);
+        ET_STAMP(tid == 0, kClockStages * kStamps + 2 * c + 1);
       }
 #pragma unroll
       for (int q = 0; q < S::kTR; q += S::kQuad) {
@@ -321,7 +338,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           bool more = true;
           while (more) {
             const int slot = stage & (S::kSlots - 1);
+            ET_STAMP(tid == 0, stage * kStamps);
             mbar_wait(full + 8 * slot, (stage / S::kSlots) & 1);
+            ET_STAMP(tid == 0, stage * kStamps + 1);
             const int info = __shfl_sync(kFullMask, meta[slot], 0);  // warp-uniform to the compiler
             more = (info >> 16) != 0;
             const uint32_t rec = ring + slot * S::kSlotBytes;
@@ -346,7 +365,9 @@ __global__ void __launch_bounds__(kThreads, 1)
               for (int r = 0; r < S::kQuad; ++r)  // consecutive MMAs into the quad's accumulators
                 wgmma_m64k16<T, S::kN>(acc[q + r], da[t * S::kQuad + r], db[t * S::kQuad + r]);
             wgmma_commit();
+            ET_STAMP(tid == 0, stage * kStamps + 2);
             wgmma_wait<1>();  // every stage before this one is done: release them
+            ET_STAMP(tid == 0, stage * kStamps + 3);
             release_done();
             ++stage;
           }
@@ -354,8 +375,10 @@ __global__ void __launch_bounds__(kThreads, 1)
                              // in flight, even another quad's, makes ptxas serialize every wgmma: C7514)
             wgmma_wait<0>();
             release_done();
+            ET_STAMP(tid == 0, kClockStages * kStamps + 16 + 2 * q);
             store_quad<T, G>(acc, q, min(S::kQuad, rows - q), bias, residual, y, r0 + q, row_base, m, w.n, epi,
                              lane);
+            ET_STAMP(tid == 0, kClockStages * kStamps + 17 + 2 * q);
           }
         }
       }
