@@ -172,21 +172,36 @@ void allow_dynamic_smem(size_t bytes, const char* what) {
   devices.insert(device);
 }
 
-// Launch `kernel` on s (early when s allows it) and check the launch.
+// Launch `kernel` on s (early when s allows it) in clusters of `cluster_y` blocks along y (1: no clusters) and check
+// the launch.
 template <typename... Params, typename... Args>
-void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Stream& s,
-            Args&&... args) {
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
+void launch_clustered(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                      const Stream& s, unsigned cluster_y, Args&&... args) {
+  cudaLaunchAttribute attrs[2]{};
+  unsigned n = 0;
+  if (s.early_launch) {
+    attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster_y > 1) {
+    attrs[n].id = cudaLaunchAttributeClusterDimension;
+    attrs[n++].val.clusterDim = {1, cluster_y, 1};
+  }
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s.handle;
-  cfg.attrs = s.early_launch ? &attr : nullptr;
-  cfg.numAttrs = s.early_launch ? 1 : 0;
+  cfg.attrs = n ? attrs : nullptr;
+  cfg.numAttrs = n;
   check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), name);
+}
+
+// Launch `kernel` on s (early when s allows it) and check the launch.
+template <typename... Params, typename... Args>
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, const Stream& s,
+            Args&&... args) {
+  launch_clustered(name, kernel, grid, block, smem, s, 1u, std::forward<Args>(args)...);
 }
 
 }  // namespace et::cuda

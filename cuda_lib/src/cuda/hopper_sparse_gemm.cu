@@ -16,6 +16,8 @@
 //    asynchronous copies (a tile row's tiles within a chunk are contiguous in the CSR order) completing on the
 //    stage's "full" mbarrier; the consumers release a stage on its "empty" mbarrier once the MMAs that read it are
 //    done. Weights only: it starts before the kernel waits for the one before it (programmatic dependent launch).
+#include <cudaTypedefs.h>
+
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -37,13 +39,24 @@ constexpr unsigned kFullMask = 0xffffffffu;
 #ifdef ET_HOPPER_SPARSE_CLOCKS
 // Diagnostics only (cuda_lib/gpu/wgmma_clocks.cu builds this file with it): clock64 stamps of block (0, 0), kStamps
 // per ring stage (consumer thread 0: 0 before the full wait, 1 after it, 2 after the commit, 3 after wait 1;
-// producer lane 0: 4 before the empty wait, 5 after it, 6 after its copies), the X fills and epilogues after them.
-constexpr int kStamps = 8, kClockStages = 1024;
+// producer lane 0: 4 before the empty wait, 5 after it, 6 after its copies), the X fills and epilogues after them;
+// and every block's start and end on the global timer (ns).
+constexpr int kStamps = 8, kClockStages = 1024, kSpanBlocks = 4096;
 __device__ long long g_clock[kClockStages * kStamps + 64];
+__device__ unsigned long long g_span[2 * kSpanBlocks];
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 #define ET_STAMP(cond, index) \
   if ((cond) && blockIdx.x == 0 && blockIdx.y == 0 && (index) < kClockStages * kStamps + 64) g_clock[index] = clock64()
+#define ET_SPAN(cond, end)                                                     \
+  if ((cond) && blockIdx.y * gridDim.x + blockIdx.x < kSpanBlocks)             \
+  g_span[2 * (blockIdx.y * gridDim.x + blockIdx.x) + (end)] = global_ns()
 #else
 #define ET_STAMP(cond, index)
+#define ET_SPAN(cond, end)
 #endif
 
 // The kernel's shape for records of G tile rows (a wgmma m64n(16G)k16 each).
@@ -53,14 +66,16 @@ struct Shape {
   static constexpr int kRecord = record_bytes(G);
   static constexpr int kAcc = kN / 2;                     // accumulator registers of a record row (64 x kN fp32)
   static constexpr int kTR = 12 / G;                      // record rows of a group: 96 accumulator registers
-  static constexpr int kQuad = G == 4 ? 1 : 4 / G;        // record rows whose records a stage interleaves
-  static constexpr int kPerRow = G == 4 ? 4 : 2;          // records of each of them per ring stage
+  static constexpr int kQuad = G == 4 ? 3 : 4 / G;        // record rows whose records a stage interleaves (and
+                                                          // whose epilogue runs at once)
+  static constexpr int kPerRow = G == 4 ? 1 : 2;          // records of each of them per ring stage
   static constexpr int kSlotRecords = kQuad * kPerRow;
   static constexpr int kSlots = G == 4 ? 4 : 8;           // ring stages (a power of two): ~33 KB beside X
   static constexpr int kSlotBytes = kSlotRecords * kRecord;
   static constexpr int kMetaOffset = kXBytes + kSlots * kSlotBytes;  // per stage: 4-bit record counts | more << 16
-  static constexpr int kBarOffset = kMetaOffset + kSlots * 4;        // kSlots "full" then kSlots "empty" mbarriers
-  static constexpr int kZeroOffset = kBarOffset + 2 * kSlots * 8;    // a zero record: a stage's empty places
+  static constexpr int kBarOffset = kMetaOffset + kSlots * 4;        // kSlots "full" then kSlots "empty" mbarriers,
+                                                                     // then X's "full" and "empty"
+  static constexpr int kZeroOffset = kBarOffset + (2 * kSlots + 2) * 8;  // a zero record: a stage's empty places
   static constexpr int kSmemBytes = kZeroOffset + kRecord;
   static_assert(kTR % kQuad == 0, "a group is whole quads");
   static_assert((kSlots & (kSlots - 1)) == 0, "kSlots must be a power of two");
@@ -143,25 +158,59 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t a, uint
 #undef ET_WGMMA
 #undef ET_ACC8
 
-// Copy rows m0 .. m0 + 127 (zero past m) of X's columns c0 .. c0 + width into shared memory in wgmma's K-major
-// 128-byte-swizzle layout: blocks of 64 columns, row r of a block at r * 128 bytes, its 16-byte piece j at
-// (j ^ (r % 8)) * 16. A warp reads 64 contiguous bytes of 8 rows and writes 32 distinct bank quads.
-template <typename T>
-__device__ __forceinline__ void load_x_chunk(unsigned char* sx, const T* __restrict__ x, int m, int m0, int k, int c0,
-                                             int width, int tid) {
-  const int groups = width / 8;  // 16-byte column groups per row
-  for (int i = tid; i < kBM * groups; i += kConsumers) {
-    const int r8 = i & 7, t = i >> 3;
-    const int g = t % groups, rg = t / groups;
-    const int row = rg * 8 + r8;
-    const bool ok = m0 + row < m;
-    const T* src = ok ? x + static_cast<size_t>(m0 + row) * k + c0 + g * 8 : x;
-    cp_async16(sx + (g >> 3) * kXBlockBytes + row * 128 + (((g & 7) ^ r8) << 4), src, ok);
+// This block's rank in its cluster and the shared::cluster address of the same shared-memory offset in block `rank`.
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_size() {
+  uint32_t n;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
+  return n;
+}
+__device__ __forceinline__ void cluster_sync() {  // every non-exited thread of the cluster
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+// Arrive on the mbarrier at shared-memory offset `bar` of every block of the cluster.
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t blocks) {
+  for (uint32_t r = 0; r < blocks; ++r) {
+    uint32_t remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(bar), "r"(r));
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
   }
-  cp_async_commit();
-  cp_async_wait<0>();
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic-proxy writes, read by wgmma
-  consumers_sync();
+}
+
+// X's chunk loads (one thread, the producer warpgroup's second warp): box j of chunk c (rows m0 .. m0 + 127, columns
+// c * kChunk + 64j .. + 63, zeros past m and k) lands at j * kXBlockBytes in wgmma's K-major 128-byte-swizzle layout
+// (the tensor map's swizzle: row r's 16-byte piece i at (i ^ (r % 8)) * 16), completing on `xfull`. In a cluster
+// (the blocks of the same rows of X, other slabs of W) each block issues every cluster_size-th box to all of them
+// (multicast), so X crosses the L2 once per cluster; before chunk c + 1 every block's consumers must be done with c
+// (`xempty`, arrived on from every block).
+__device__ __forceinline__ void load_x(const CUtensorMap& xmap, int m0, int k, int chunks, uint32_t sx,
+                                       uint32_t xfull, uint32_t xempty) {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // X comes from the kernel before
+  const uint32_t rank = cluster_rank(), blocks = cluster_size();
+  const uint16_t mask = static_cast<uint16_t>((1u << blocks) - 1);
+  for (int c = 0; c < chunks; ++c) {
+    if (c > 0) mbar_wait(xempty, (c - 1) & 1);
+    const int boxes = (min(kChunk, k - c * kChunk) + 63) / 64;
+    mbar_arrive_expect_tx(xfull, boxes * kXBlockBytes);
+    for (int j = static_cast<int>(rank); j < boxes; j += static_cast<int>(blocks)) {
+      const int col = c * kChunk + j * 64;
+      if (blocks > 1)
+        asm volatile(
+            "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+            " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(sx + j * kXBlockBytes),
+            "l"(reinterpret_cast<uint64_t>(&xmap)), "r"(col), "r"(m0), "r"(xfull), "h"(mask)
+            : "memory");
+      else
+        asm volatile(
+            "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+            ::"r"(sx + j * kXBlockBytes), "l"(reinterpret_cast<uint64_t>(&xmap)), "r"(col), "r"(m0), "r"(xfull)
+            : "memory");
+    }
+  }
 }
 
 // Write the kN columns of record rows tr0 .. tr0 + rows - 1 (at most a quad) for this thread's two output rows:
@@ -276,35 +325,41 @@ __device__ __forceinline__ void produce(const Weight& w, int row0, int row_end, 
 
 template <typename T, int G>
 __global__ void __launch_bounds__(kThreads, 1)
-    tile_sparse_wgmma_kernel(const T* __restrict__ x, int m, Weight w, int rows_per_block, const T* __restrict__ bias,
-                             const T* __restrict__ residual, T* __restrict__ y, int epi) {
+    tile_sparse_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, int m, Weight w, int rows_per_block,
+                             const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y, int epi) {
   using S = Shape<G>;
   extern __shared__ __align__(1024) unsigned char smem[];  // the swizzle pattern needs 1024-byte alignment
   const uint32_t sx = smem_addr(smem);
   const uint32_t ring = sx + kXBytes;
   int* meta = reinterpret_cast<int*>(smem + S::kMetaOffset);
   const uint32_t full = sx + S::kBarOffset, empty = full + 8 * S::kSlots;
+  const uint32_t xfull = empty + 8 * S::kSlots, xempty = xfull + 8;
   const int tid = threadIdx.x, lane = tid & 31;
   const int row0 = blockIdx.y * rows_per_block;
   const int row_end = min(row0 + rows_per_block, w.rows);
+  ET_SPAN(tid == 0, 0);
+  const int m0 = blockIdx.x * kBM;
+  const uint32_t blocks = cluster_size();
   if (tid == 0) {
     for (int s = 0; s < S::kSlots; ++s) {
       mbar_init(full + 8 * s, 1);
       mbar_init(empty + 8 * s, 2);  // one arrival per consumer warpgroup
     }
+    mbar_init(xfull, 1);
+    mbar_init(xempty, 2 * blocks);  // both consumer warpgroups of every block of the cluster
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  __syncthreads();
+  cluster_sync();  // the cluster's barriers are initialised before any block multicasts or arrives on them
   if (tid >= kConsumers) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
     if (tid < kConsumers + 32) produce<G>(w, row0, row_end, ring, meta, full, empty, lane);
+    else if (tid == kConsumers + 32) load_x(xmap, m0, w.k, w.chunks, sx, xfull, xempty);
     return;
   }
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
 
   pdl_enter();  // X and the residual come from earlier kernels
   const int wg = tid >> 7, warp = (tid >> 5) & 3;
-  const int m0 = blockIdx.x * kBM;
   const int row_base = m0 + wg * 64 + warp * 16 + (lane >> 2);  // this thread's first output row
   const uint64_t desc_x = smem_desc(sx + wg * 64 * 128, 16, 1024, 1);  // this warpgroup's 64 rows, 128-byte swizzle
   const bool releaser = (tid & 127) == 0;
@@ -316,7 +371,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   float acc[S::kTR][S::kAcc];
   const uint32_t zero = sx + S::kZeroOffset;
   for (int i = tid; i < S::kRecord / 4; i += kConsumers) reinterpret_cast<uint32_t*>(smem + S::kZeroOffset)[i] = 0u;
-  // (the first X chunk's proxy fence and barrier below also publish it to the MMAs)
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic-proxy writes, read by wgmma
+  consumers_sync();
 
   for (int r0 = row0; r0 < row_end; r0 += S::kTR) {
     const int rows = min(S::kTR, row_end - r0);
@@ -326,10 +382,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int e = 0; e < S::kAcc; ++e) acc[j][e] = 0.0f;
     for (int c = 0; c < w.chunks; ++c) {
       const bool last_chunk = c + 1 == w.chunks;
-      if (r0 == row0 || w.chunks > 1) {
-        if (r0 != row0 || c > 0) consumers_sync();  // every warpgroup is done with the previous chunk
+      if (r0 == row0) {  // chunk c of X (K in one chunk: loaded once, kept for every group)
         ET_STAMP(tid == 0, kClockStages * kStamps + 2 * c);
-        load_x_chunk<T>(smem, x, m, m0, w.k, c * kChunk, min(kChunk, w.k - c * kChunk), tid);
+        mbar_wait(xfull, c & 1);
         ET_STAMP(tid == 0, kClockStages * kStamps + 2 * c + 1);
       }
 #pragma unroll
@@ -384,8 +439,35 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       wgmma_wait<0>();
       release_done();
+      if (c + 1 < w.chunks && (tid & 127) == 0) mbar_arrive_cluster(xempty, blocks);  // done with chunk c
     }
   }
+  ET_SPAN(tid == 0, 1);
+  cluster_sync();  // no block leaves while another may still multicast into it or arrive on its barriers
+}
+
+// The tensor map of X [m, k] for load_x: boxes of 128 rows x 64 columns, 128-byte swizzle, zeros outside.
+template <typename T>
+CUtensorMap x_tensor_map(const T* x, int m, int k) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    check(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found),
+          "cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)");
+    if (found != cudaDriverEntryPointSuccess || fn == nullptr)
+      throw Error(ET_ERR_BACKEND, "the CUDA driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(m)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k) * sizeof(T)};
+  const cuuint32_t box[2] = {64, kBM}, unit[2] = {1, 1};
+  const CUresult r = encode(&map, std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                            2, const_cast<T*>(x), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) throw Error(ET_ERR_BACKEND, "cuTensorMapEncodeTiled failed for the wgmma GEMM's X");
+  return map;
 }
 
 template <typename T, int G>
@@ -401,8 +483,10 @@ void launch_group(const Weight& w, const T* x, int m, const T* bias, const T* re
   const int slabs = w.chunks > 1 ? groups : std::clamp(sms / m_blocks, 1, groups);
   const int rows_per_block = (groups + slabs - 1) / slabs * S::kTR;
   const int used = (w.rows + rows_per_block - 1) / rows_per_block;
-  launch("tile_sparse_wgmma", kernel, dim3(m_blocks, used), dim3(kThreads), S::kSmemBytes, s, x, m, w,
-         rows_per_block, bias, residual, y, static_cast<int>(epi));
+  // the slabs of one row block share X in clusters of up to 4 blocks
+  const unsigned cluster = used % 4 == 0 ? 4 : used % 2 == 0 ? 2 : 1;
+  launch_clustered("tile_sparse_wgmma", kernel, dim3(m_blocks, used), dim3(kThreads), S::kSmemBytes, s, cluster,
+                   x_tensor_map(x, m, w.k), m, w, rows_per_block, bias, residual, y, static_cast<int>(epi));
 }
 
 }  // namespace
