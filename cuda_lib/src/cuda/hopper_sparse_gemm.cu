@@ -20,7 +20,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <type_traits>
+#include <utility>
 
 #include "hopper_sparse_gemm.h"
 
@@ -219,13 +222,13 @@ __device__ __forceinline__ void load_x(const CUtensorMap& xmap, int m0, int k, i
 // are not written. Every bias and residual load of the quad is issued before the first use (one memory round trip
 // a quad), and none is left in flight at the next wgmma.fence, which waits for the warpgroup's pending register
 // writes (NOTES.md, session 8).
-template <typename T, int G>
+template <typename T, int G, Epilogue E>
 __device__ __forceinline__ void store_quad(float (&acc)[Shape<G>::kTR][Shape<G>::kAcc], int j0, int rows,
                                            const T* __restrict__ bias, const T* __restrict__ residual,
-                                           T* __restrict__ y, int tr0, int row_base, int m, int n, int epi, int lane) {
+                                           T* __restrict__ y, int tr0, int row_base, int m, int n, int lane) {
   using S = Shape<G>;
   constexpr int kH = S::kN / 8;  // 8-column groups of a record row
-  const bool add_res = epi == static_cast<int>(Epilogue::kBiasResidual);
+  constexpr bool add_res = E == Epilogue::kBiasResidual;
   uint32_t b[S::kQuad][kH], res[S::kQuad][kH][2];
 #pragma unroll
   for (int r = 0; r < S::kQuad; ++r)
@@ -256,7 +259,7 @@ __device__ __forceinline__ void store_quad(float (&acc)[Shape<G>::kTR][Shape<G>:
         const int row = row_base + q * 8;
         if (row >= m) continue;
         float v0 = d[4 * h + 2 * q] + bb.x, v1 = d[4 * h + 2 * q + 1] + bb.y;
-        if (!apply_gelu(v0, v1, epi) && add_res) {
+        if (!apply_gelu(v0, v1, static_cast<int>(E)) && add_res) {
           const float2 rr = Elem<T>::unpack2(res[r][h][q]);
           v0 += rr.x;
           v1 += rr.y;
@@ -323,10 +326,13 @@ __device__ __forceinline__ void produce(const Weight& w, int row0, int row_end, 
   }
 }
 
-template <typename T, int G>
+// One instantiation per epilogue: the epilogue is straight-line code over every accumulator of a quad, run once per
+// quad and fetched cold by every block; with the epilogue chosen at run time it held all four variants (~90 KB of
+// SASS at G = 4) and took ~5 us a quad (NOTES.md, session 9 run 61).
+template <typename T, int G, Epilogue E>
 __global__ void __launch_bounds__(kThreads, 1)
     tile_sparse_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, int m, Weight w, int rows_per_block,
-                             const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y, int epi) {
+                             const T* __restrict__ bias, const T* __restrict__ residual, T* __restrict__ y) {
   using S = Shape<G>;
   extern __shared__ __align__(1024) unsigned char smem[];  // the swizzle pattern needs 1024-byte alignment
   const uint32_t sx = smem_addr(smem);
@@ -431,8 +437,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             wgmma_wait<0>();
             release_done();
             ET_STAMP(tid == 0, kClockStages * kStamps + 16 + 2 * q);
-            store_quad<T, G>(acc, q, min(S::kQuad, rows - q), bias, residual, y, r0 + q, row_base, m, w.n, epi,
-                             lane);
+            store_quad<T, G, E>(acc, q, min(S::kQuad, rows - q), bias, residual, y, r0 + q, row_base, m, w.n, lane);
             ET_STAMP(tid == 0, kClockStages * kStamps + 17 + 2 * q);
           }
         }
@@ -470,11 +475,36 @@ CUtensorMap x_tensor_map(const T* x, int m, int k) {
   return map;
 }
 
-template <typename T, int G>
-void launch_group(const Weight& w, const T* x, int m, const T* bias, const T* residual, T* y, Epilogue epi, int sms,
-                  const Stream& s) {
+// Blocks of `kernel` (one a multiprocessor) that can run at once in clusters of `size` along y: clusters live
+// within one GPC, so the GPU's GPC sizes can leave fewer than its SMs (measured per device, once).
+template <auto kernel>
+int cluster_capacity(unsigned size, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::pair<int, unsigned>, int> known;
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(device, size);
+  if (auto it = known.find(key); it != known.end()) return it->second;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim = {1, size, 1};
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(1, size * 64, 1);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  int clusters = 0;
+  check(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg), "cudaOccupancyMaxActiveClusters");
+  return known[key] = clusters * static_cast<int>(size);
+}
+
+template <typename T, int G, Epilogue E>
+void launch_kernel(const Weight& w, const T* x, int m, const T* bias, const T* residual, T* y, int sms,
+                   const Stream& s) {
   using S = Shape<G>;
-  constexpr auto kernel = tile_sparse_wgmma_kernel<T, G>;
+  constexpr auto kernel = tile_sparse_wgmma_kernel<T, G, E>;
   allow_dynamic_smem<kernel>(S::kSmemBytes, "cudaFuncSetAttribute(tile_sparse_wgmma)");
   const int groups = (w.rows + S::kTR - 1) / S::kTR;
   const int m_blocks = (m + kBM - 1) / kBM;
@@ -483,10 +513,31 @@ void launch_group(const Weight& w, const T* x, int m, const T* bias, const T* re
   const int slabs = w.chunks > 1 ? groups : std::clamp(sms / m_blocks, 1, groups);
   const int rows_per_block = (groups + slabs - 1) / slabs * S::kTR;
   const int used = (w.rows + rows_per_block - 1) / rows_per_block;
-  // the slabs of one row block share X in clusters of up to 4 blocks
-  const unsigned cluster = used % 4 == 0 ? 4 : used % 2 == 0 ? 2 : 1;
+  // The slabs of one row block share X in clusters of 4 or 2 blocks, the largest that divides them and still lets
+  // as many blocks run at once as without clusters (fewer would add a wave).
+  const int blocks = std::min(m_blocks * used, sms);
+  unsigned cluster = 1;
+  for (unsigned size : {4u, 2u})
+    if (used % size == 0 && cluster_capacity<kernel>(size, S::kSmemBytes) >= blocks) {
+      cluster = size;
+      break;
+    }
   launch_clustered("tile_sparse_wgmma", kernel, dim3(m_blocks, used), dim3(kThreads), S::kSmemBytes, s, cluster,
-                   x_tensor_map(x, m, w.k), m, w, rows_per_block, bias, residual, y, static_cast<int>(epi));
+                   x_tensor_map(x, m, w.k), m, w, rows_per_block, bias, residual, y);
+}
+
+template <typename T, int G>
+void launch_group(const Weight& w, const T* x, int m, const T* bias, const T* residual, T* y, Epilogue epi, int sms,
+                  const Stream& s) {
+  switch (epi) {
+    case Epilogue::kBias: return launch_kernel<T, G, Epilogue::kBias>(w, x, m, bias, residual, y, sms, s);
+    case Epilogue::kBiasGelu: return launch_kernel<T, G, Epilogue::kBiasGelu>(w, x, m, bias, residual, y, sms, s);
+    case Epilogue::kBiasResidual:
+      return launch_kernel<T, G, Epilogue::kBiasResidual>(w, x, m, bias, residual, y, sms, s);
+    case Epilogue::kBiasGeluTanh:
+      return launch_kernel<T, G, Epilogue::kBiasGeluTanh>(w, x, m, bias, residual, y, sms, s);
+  }
+  throw Error(ET_ERR_BACKEND, "unknown GEMM epilogue");
 }
 
 }  // namespace
