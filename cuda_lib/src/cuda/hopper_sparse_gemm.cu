@@ -216,12 +216,36 @@ __device__ __forceinline__ void load_x(const CUtensorMap& xmap, int m0, int k, i
   }
 }
 
-// Write the kN columns of record rows tr0 .. tr0 + rows - 1 (at most a quad) for this thread's two output rows:
-// accumulator element 4h + 2q + e of record row r is output row row_base + 8q, column (tr0 + r) * kN + 8h +
-// 2 * (lane % 4) + e (wgmma's m64nN f32 fragment); columns from n on (a last record row of fewer than G tile rows)
-// are not written. Every bias and residual load of the quad is issued before the first use (one memory round trip
-// a quad), and none is left in flight at the next wgmma.fence, which waits for the warpgroup's pending register
-// writes (NOTES.md, session 8).
+// 4 x 4 transpose of float2 elements across the four lanes of a quad (lane bit 0 and 1 = j): afterwards lane j's v[i]
+// is what lane i held in v[j]. Two butterfly exchanges; the indices stay compile-time (selects, no local memory).
+__device__ __forceinline__ void quad_transpose(float2 (&v)[4], int j) {
+#pragma unroll
+  for (int bit = 2; bit >= 1; bit >>= 1) {
+    const bool hi = (j & bit) != 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (k & bit) continue;  // the pair (k, k | bit): keep the one on this lane's side, swap the other
+      const float2 send = hi ? v[k] : v[k | bit];
+      float2 got;
+      got.x = __shfl_xor_sync(kFullMask, send.x, bit);
+      got.y = __shfl_xor_sync(kFullMask, send.y, bit);
+      if (hi)
+        v[k] = got;
+      else
+        v[k | bit] = got;
+    }
+  }
+}
+
+// Write the kN columns of record rows tr0 .. tr0 + rows - 1 (at most a quad) for this thread's two output rows.
+// wgmma's m64nN f32 fragment gives a thread, per 8-column group h and row half q (output row row_base + 8q), two
+// adjacent columns 8h + 2 * (lane % 4) + {0, 1}. For N >= 32 the four lanes of a quad first transpose their 4 x 4
+// blocks of column pairs (quad_transpose), so that lane j holds all 8 columns of groups 4b + j: bias, residual and
+// output then move as 16-byte vectors (each quad writes 64 contiguous bytes of a row), where 4-byte scattered stores
+// made the epilogue the largest part of the kernel (NOTES.md, session 9 run 62). N = 16 (G = 1) keeps the 4-byte form.
+// Columns from n on (a last record row of fewer than G tile rows) are not written. Every bias and residual load of
+// the quad is issued before the first use, and none is left in flight at the next wgmma.fence, which waits for the
+// warpgroup's pending register writes (NOTES.md, session 8).
 template <typename T, int G, Epilogue E>
 __device__ __forceinline__ void store_quad(float (&acc)[Shape<G>::kTR][Shape<G>::kAcc], int j0, int rows,
                                            const T* __restrict__ bias, const T* __restrict__ residual,
@@ -229,42 +253,96 @@ __device__ __forceinline__ void store_quad(float (&acc)[Shape<G>::kTR][Shape<G>:
   using S = Shape<G>;
   constexpr int kH = S::kN / 8;  // 8-column groups of a record row
   constexpr bool add_res = E == Epilogue::kBiasResidual;
-  uint32_t b[S::kQuad][kH], res[S::kQuad][kH][2];
+  if constexpr (kH >= 4) {
+    constexpr int kB = kH / 4;  // blocks of four groups: lane j ends up with group 4b + j of each
+    const int j = lane & 3;
+    uint4 b[S::kQuad][kB], res[S::kQuad][kB][2];
 #pragma unroll
-  for (int r = 0; r < S::kQuad; ++r)
+    for (int r = 0; r < S::kQuad; ++r)
 #pragma unroll
-    for (int h = 0; h < kH; ++h) {
-      const int col = (tr0 + r) * S::kN + h * 8 + 2 * (lane & 3);
-      const bool ok = r < rows && col < n;
-      b[r][h] = ok ? __ldg(reinterpret_cast<const unsigned int*>(bias + col)) : 0u;
+      for (int hb = 0; hb < kB; ++hb) {
+        const int col = (tr0 + r) * S::kN + (4 * hb + j) * 8;
+        const bool ok = r < rows && col < n;
+        b[r][hb] = ok ? __ldg(reinterpret_cast<const uint4*>(bias + col)) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        const int row = row_base + q * 8;
-        res[r][h][q] = add_res && ok && row < m
-                           ? __ldg(reinterpret_cast<const unsigned int*>(residual + static_cast<size_t>(row) * n + col))
-                           : 0u;
+        for (int q = 0; q < 2; ++q) {
+          const int row = row_base + q * 8;
+          res[r][hb][q] = add_res && ok && row < m
+                              ? __ldg(reinterpret_cast<const uint4*>(residual + static_cast<size_t>(row) * n + col))
+                              : make_uint4(0, 0, 0, 0);
+        }
+      }
+#pragma unroll
+    for (int r = 0; r < S::kQuad; ++r) {
+      if (r >= rows) continue;
+      float(&d)[S::kAcc] = acc[j0 + r];
+#pragma unroll
+      for (int hb = 0; hb < kB; ++hb) {
+        const int col = (tr0 + r) * S::kN + (4 * hb + j) * 8;
+        const uint32_t bw[4] = {b[r][hb].x, b[r][hb].y, b[r][hb].z, b[r][hb].w};
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          float2 v[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) v[i] = make_float2(d[4 * (4 * hb + i) + 2 * q], d[4 * (4 * hb + i) + 2 * q + 1]);
+          quad_transpose(v, j);  // v[i]: columns col + 2i, col + 2i + 1
+          const int row = row_base + q * 8;
+          if (row >= m || col >= n) continue;
+          const uint32_t rw[4] = {res[r][hb][q].x, res[r][hb][q].y, res[r][hb][q].z, res[r][hb][q].w};
+          uint32_t out[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float2 bb = Elem<T>::unpack2(bw[i]);
+            float v0 = v[i].x + bb.x, v1 = v[i].y + bb.y;
+            if (!apply_gelu(v0, v1, static_cast<int>(E)) && add_res) {
+              const float2 rr = Elem<T>::unpack2(rw[i]);
+              v0 += rr.x;
+              v1 += rr.y;
+            }
+            out[i] = Elem<T>::pack2(v0, v1);
+          }
+          *reinterpret_cast<uint4*>(y + static_cast<size_t>(row) * n + col) =
+              make_uint4(out[0], out[1], out[2], out[3]);
+        }
       }
     }
+  } else {
+    uint32_t b[S::kQuad][kH], res[S::kQuad][kH][2];
 #pragma unroll
-  for (int r = 0; r < S::kQuad; ++r) {
-    if (r >= rows) continue;
-    const float(&d)[S::kAcc] = acc[j0 + r];
+    for (int r = 0; r < S::kQuad; ++r)
 #pragma unroll
-    for (int h = 0; h < kH; ++h) {
-      const int col = (tr0 + r) * S::kN + h * 8 + 2 * (lane & 3);
-      if (col >= n) continue;
-      const float2 bb = Elem<T>::unpack2(b[r][h]);
+      for (int h = 0; h < kH; ++h) {
+        const int col = (tr0 + r) * S::kN + h * 8 + 2 * (lane & 3);
+        const bool ok = r < rows && col < n;
+        b[r][h] = ok ? __ldg(reinterpret_cast<const unsigned int*>(bias + col)) : 0u;
 #pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        const int row = row_base + q * 8;
-        if (row >= m) continue;
-        float v0 = d[4 * h + 2 * q] + bb.x, v1 = d[4 * h + 2 * q + 1] + bb.y;
-        if (!apply_gelu(v0, v1, static_cast<int>(E)) && add_res) {
-          const float2 rr = Elem<T>::unpack2(res[r][h][q]);
-          v0 += rr.x;
-          v1 += rr.y;
+        for (int q = 0; q < 2; ++q) {
+          const int row = row_base + q * 8;
+          const T* rp = residual + static_cast<size_t>(row) * n + col;
+          res[r][h][q] = add_res && ok && row < m ? __ldg(reinterpret_cast<const unsigned int*>(rp)) : 0u;
         }
-        *reinterpret_cast<uint32_t*>(y + static_cast<size_t>(row) * n + col) = Elem<T>::pack2(v0, v1);
+      }
+#pragma unroll
+    for (int r = 0; r < S::kQuad; ++r) {
+      if (r >= rows) continue;
+      const float(&d)[S::kAcc] = acc[j0 + r];
+#pragma unroll
+      for (int h = 0; h < kH; ++h) {
+        const int col = (tr0 + r) * S::kN + h * 8 + 2 * (lane & 3);
+        if (col >= n) continue;
+        const float2 bb = Elem<T>::unpack2(b[r][h]);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int row = row_base + q * 8;
+          if (row >= m) continue;
+          float v0 = d[4 * h + 2 * q] + bb.x, v1 = d[4 * h + 2 * q + 1] + bb.y;
+          if (!apply_gelu(v0, v1, static_cast<int>(E)) && add_res) {
+            const float2 rr = Elem<T>::unpack2(res[r][h][q]);
+            v0 += rr.x;
+            v1 += rr.y;
+          }
+          *reinterpret_cast<uint32_t*>(y + static_cast<size_t>(row) * n + col) = Elem<T>::pack2(v0, v1);
+        }
       }
     }
   }
@@ -467,8 +545,9 @@ CUtensorMap x_tensor_map(const T* x, int m, int k) {
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(m)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k) * sizeof(T)};
   const cuuint32_t box[2] = {64, kBM}, unit[2] = {1, 1};
-  const CUresult r = encode(&map, std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                            2, const_cast<T*>(x), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+  const CUtensorMapDataType type =
+      std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUresult r = encode(&map, type, 2, const_cast<T*>(x), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
                             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) throw Error(ET_ERR_BACKEND, "cuTensorMapEncodeTiled failed for the wgmma GEMM's X");
