@@ -63,9 +63,10 @@ constexpr int kDefaultGemmTune = 8;                 // cuBLASLt candidates timed
 constexpr size_t kMaxGraphs = 16;
 constexpr int64_t kDefaultHopperMaxRows = 256;      // NOTES.md, session 6
 // The wgmma tile-sparse GEMM (sm_90): for batches of more than this many token rows (below, the CUTLASS dense
-// path) and weights below this tile density. Off by default: measured slower than the dense path and than the
-// mma.sync kernel at every density and batch tried (NOTES.md, session 8 runs 51-55: b32 density 0.2 3.1 ms vs
-// 1.55 dense, 2.1 mma.sync); ET_HOPPER_SPARSE_MAX_DENSITY turns it on for measurements.
+// path) and weights below this tile density. Off by default: slower than the dense path at 80% tile sparsity for
+// every tile shape and batch measured (NOTES.md, session 9 run 64: b32 1.70 ms with [64, 16] tiles, 2.03 [32, 16],
+// 2.70 random 16x16, dense 1.55); faster only with [64, 16] tiles at 90% and 4096 rows (1.36 vs 1.52 ms), not at
+// 1024 rows. ET_HOPPER_SPARSE_MAX_DENSITY turns it on.
 constexpr int64_t kDefaultHopperSparseMinRows = 256;
 constexpr double kDefaultHopperSparseMaxDensity = 0.0;
 

@@ -1,21 +1,24 @@
 // Tile-sparse GEMM for large batches on Hopper: Y = epilogue(X . W^T + b) with W kept as 16x16 tiles only.
-// Off by default: correct, but measured slower than the dense path and the mma.sync kernel (sparse_gemm.cu) at
-// every density and batch tried (cuda_lib/NOTES.md, session 8 runs 51-55); ET_HOPPER_SPARSE_MAX_DENSITY turns it on.
+// Off by default: correct, and faster than the dense path only for weights pruned in [64, 16] tiles at ~90% sparsity
+// and 4096 token rows (1.12x; slower at 80%, at 1024 rows and below, and with 16x16 or 32x16 tiles: cuda_lib/NOTES.md,
+// sessions 8-9); ET_HOPPER_SPARSE_MAX_DENSITY turns it on.
 //
-// A block owns 128 rows of X and a slab of W's tile rows; two consumer warpgroups (64 rows of X each) and a producer
-// warpgroup (one working warp; setmaxnreg hands its registers to the consumers):
-//  - the consumers copy the block's rows of one K chunk (768 columns) of X into shared memory (cp.async, wgmma's
-//    K-major 128-byte-swizzle layout), then walk the slab's tile rows in groups of kTR, holding a 64 x 16 fp32
-//    accumulator per tile row of the group. A ring stage carries the next kPerRow kept tiles of each row of a quad;
-//    the consumers issue one wgmma m64n16k16 per place (A: the tile's 16 columns of X, B: the tile; an empty place
-//    multiplies a record of zeros, so the MMAs are straight-line code), consecutive ones into the quad's four
-//    accumulators. A removed tile costs nothing. After a quad's last stage its epilogue (bias, bias+GELU or
-//    bias+residual) writes the quad's 64 columns. K beyond one chunk: the accumulators stay in registers while the
-//    next chunk of X replaces the last (the host then gives a block one group).
-//  - the producer streams the slab's kept tiles, in the consumers' order, into a ring of kSlots stages with bulk
-//    asynchronous copies (a tile row's tiles within a chunk are contiguous in the CSR order) completing on the
-//    stage's "full" mbarrier; the consumers release a stage on its "empty" mbarrier once the MMAs that read it are
-//    done. Weights only: it starts before the kernel waits for the one before it (programmatic dependent launch).
+// A block owns 128 rows of X and a slab of W's record rows (G = 1, 2 or 4 tile rows: one wgmma m64n(16G)k16 per
+// record, over the union of the G rows' kept tiles); two consumer warpgroups (64 rows of X each) and a producer
+// warpgroup (setmaxnreg hands its registers to the consumers):
+//  - X: one producer thread loads the block's rows of one K chunk (768 columns) into shared memory with the bulk
+//    tensor copy (TMA, 128-byte swizzle: wgmma's K-major layout) after the dependency wait; the slabs of a row block
+//    run as a cluster and each block multicasts a share of the boxes to all of them, so X crosses the L2 once per row
+//    block. K beyond one chunk: the consumers of every block of the cluster release a chunk before the next one.
+//  - W: another producer warp streams the slab's records, in the consumers' order, into a ring of kSlots stages with
+//    bulk asynchronous copies (a record row's records within a chunk are contiguous) completing on the stage's
+//    "full" mbarrier; weights only, so it starts before the kernel waits for the one before it.
+//  - the consumers walk the slab's record rows in groups of kTR, holding a 64 x 16G fp32 accumulator per record row.
+//    A ring stage carries the next kPerRow records of each row of a quad; one wgmma per place (A: the record's 16
+//    columns of X, B: the record; an empty place multiplies a record of zeros, so the MMAs are straight-line code);
+//    a stage is released on its "empty" mbarrier once its MMAs are done. A removed tile costs nothing (a tile kept by
+//    another row of its record row costs a zero block). After a quad's last stage its epilogue (bias, bias+GELU or
+//    bias+residual; one kernel per kind) writes the quad's columns, as 16-byte vectors for G >= 2.
 #include <cudaTypedefs.h>
 
 #include <algorithm>

@@ -1,8 +1,8 @@
-// Tile-sparse GEMM for large batches on Hopper (sm_90a): warpgroup MMAs (wgmma) read X and the kept W tiles
-// from shared memory, a producer warp streams the kept tiles in with bulk asynchronous copies (cp.async.bulk
-// on mbarriers). Built only for sm_90 (CMake defines ET_WITH_HOPPER_SPARSE); off by default (measured slower than
-// the dense path, cuda_lib/NOTES.md session 8): ET_HOPPER_SPARSE_MAX_DENSITY turns it on for batches of more than
-// ET_HOPPER_SPARSE_MIN_ROWS token rows.
+// Tile-sparse GEMM for large batches on Hopper (sm_90a): warpgroup MMAs (wgmma) read X and records of the kept W
+// tiles from shared memory; X arrives by bulk tensor copies multicast over a cluster, the records by bulk copies on
+// mbarriers. Built only for sm_90 (CMake defines ET_WITH_HOPPER_SPARSE); off by default (faster than the dense path
+// only for [64, 16]-tile pruning at ~90% and large batches, cuda_lib/NOTES.md session 9): ET_HOPPER_SPARSE_MAX_DENSITY
+// turns it on for batches of more than ET_HOPPER_SPARSE_MIN_ROWS token rows.
 #pragma once
 
 #include <cstdint>
@@ -19,8 +19,9 @@ constexpr int kChunk = 768;  // columns of K held in shared memory at once (K is
 // the G rows' kept tiles (a tile a row does not keep is zeros). Weights pruned in [64, 16] tiles have no such zeros
 // at G = 4; random 16 x 16 tiles pay the union.
 constexpr int record_bytes(int group) { return 16 + 512 * group; }  // a 16-byte header, then the 16G x 16 operand
-// Cost of one record of G = 2 and G = 4 in units of a G = 1 record, for choosing G (an estimate before session 9's
-// measurement: a wgmma's time grows less than its width at these sizes; NOTES.md).
+// Cost of one record of G = 2 and G = 4 in units of a G = 1 record, for choosing G: an estimate (a wgmma's time grows
+// less than its width at these sizes) that chose the faster G in every case measured (NOTES.md, session 9 runs 58 and
+// 62: G = 4 for [64, 16] masks, G = 1 for random 16x16 ones).
 constexpr double kRecordCost[3] = {1.0, 1.25, 1.6};
 
 // A tile-sparse weight in this kernel's layout. records: per record row (G tile rows), its records in ascending
