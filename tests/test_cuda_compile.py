@@ -9,6 +9,8 @@ headers are not installed next to nvcc (they come with the full CUDA toolkit, no
 the nvidia-cutlass package (requirements-nodeps.txt), and the engine is compiled with it enabled too.
 ``hopper_sparse_gemm.cu`` (the wgmma tile-sparse GEMM) is built for sm_90a only as well, needs no CUTLASS, and must
 compile without ptxas serializing its warpgroup MMAs (its "Potential Performance Loss" notes, C7514 / C7520).
+``cuda_lib/gpu/wgmma_clocks.cu`` (that kernel with its clock64 stamps, a diagnostic run by ``run_all.sh clocks``)
+compiles too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ NVCC = shutil.which("nvcc")
 SOURCES = sorted(CUDA_DIR.glob("*.cu"))
 HOPPER = "hopper_gemm.cu"  # sm_90a only (CMakeLists.txt)
 HOPPER_SPARSE = "hopper_sparse_gemm.cu"  # sm_90a only, no CUTLASS
+CLOCKS = ROOT / "cuda_lib" / "gpu" / "wgmma_clocks.cu"  # the wgmma kernel with its stamps (ET_HOPPER_SPARSE_CLOCKS)
 cutlass_include = load("cutlass_tiles").cutlass_include  # the nvidia-cutlass headers, or None
 
 
@@ -41,7 +44,7 @@ def _compile(src: Path, out_dir: Path, extra: tuple[str, ...] = ()) -> subproces
     if src.name == HOPPER:
         arch = ["-gencode", "arch=compute_90a,code=sm_90a", "-DCUTLASS_ENABLE_GDC_FOR_SM90", "-DNDEBUG",
                 "-I", str(cutlass_include())]
-    elif src.name == HOPPER_SPARSE:
+    elif src.name in (HOPPER_SPARSE, CLOCKS.name):
         arch = ["-gencode", "arch=compute_90a,code=sm_90a"]
     else:
         arch = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
@@ -59,6 +62,7 @@ def compiled(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     if cutlass_include():  # the engine with the CUTLASS path compiled in
         jobs["cuda_backend.cu with hopper"] = (CUDA_DIR / "cuda_backend.cu", ("-DET_WITH_HOPPER_GEMM",))
     jobs["cuda_backend.cu with hopper sparse"] = (CUDA_DIR / "cuda_backend.cu", ("-DET_WITH_HOPPER_SPARSE",))
+    jobs[CLOCKS.name] = (CLOCKS, ("-DET_HOPPER_SPARSE_CLOCKS",))
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(jobs, pool.map(lambda job: _compile(job[0], out, job[1]), jobs.values())))
 
@@ -109,4 +113,9 @@ def test_wgmma_sparse_kernel_is_not_serialized(compiled):
 
 def test_engine_compiles_with_the_wgmma_sparse_path(compiled):
     result = compiled["cuda_backend.cu with hopper sparse"]
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_wgmma_clock_diagnostic_compiles(compiled):
+    result = compiled[CLOCKS.name]
     assert result.returncode == 0, result.stderr[-4000:]
