@@ -10,9 +10,12 @@ One process, one GPU, BERT-base shapes (random weights), fp16:
   density      the two tile-sparse kernels at every batch ("tile-sparse": mma.sync, "wgmma": sm_90's warpgroup
                MMAs, session 8) vs the dense GEMMs (CUTLASS <= 256 rows, else cuBLASLt; rows "dense", "cublaslt"
                before session 6) on the same pruned model at several densities (the ET_SPARSE_MAX_DENSITY and
-               ET_HOPPER_SPARSE_MAX_DENSITY thresholds), and the mma.sync kernel's rows per block (ET_SPARSE_BM)
+               ET_HOPPER_SPARSE_MAX_DENSITY thresholds) and mask tile shapes (--tiles, e.g. 64x16: rows
+               "density D tile 64x16 ..."), the wgmma kernel per record group (--groups, ET_HOPPER_SPARSE_GROUP:
+               rows "wgmma G4"), and the mma.sync kernel's rows per block (ET_SPARSE_BM)
   untuned      the same dense/b1/ragged rows with cuBLASLt's first heuristic choice (ET_GEMM_TUNE=1)
   loads        dense b1/b32 in four more engine loads of the same model: the spread over the process's lifetime
+               (this row, untuned, variants and bf16 are left out with --skip-variants)
   variants     dense/b1/ragged with the exact erf GELU pass (ET_EXACT_GELU=1), without programmatic dependent
                launch (ET_PDL=0), with cuBLASLt's candidates timed cache-warm (ET_GEMM_TUNE_COLD=0), and with the
                CUTLASS GEMMs for no batch / every batch (ET_HOPPER_GEMM_MAX_ROWS=0 / 1e9; default: <= 256 rows),
