@@ -407,9 +407,9 @@ __device__ __forceinline__ void produce(const Weight& w, int row0, int row_end, 
   }
 }
 
-// One instantiation per epilogue: the epilogue is straight-line code over every accumulator of a quad, run once per
-// quad and fetched cold by every block; with the epilogue chosen at run time it held all four variants (~90 KB of
-// SASS at G = 4) and took ~5 us a quad (NOTES.md, session 9 run 61).
+// One instantiation per epilogue kind: the epilogue is straight-line code over every accumulator of a quad, fetched
+// cold by every block; chosen at run time it held all four variants (~6.3 K instructions at G = 4, now 1.6-4.4 K;
+// NOTES.md, session 9 runs 61-62, where the stores turned out to be the larger cost).
 template <typename T, int G, Epilogue E>
 __global__ void __launch_bounds__(kThreads, 1)
     tile_sparse_wgmma_kernel(const __grid_constant__ CUtensorMap xmap, int m, Weight w, int rows_per_block,
