@@ -164,7 +164,7 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t a, uint
 #undef ET_WGMMA
 #undef ET_ACC8
 
-// This block's rank in its cluster and the shared::cluster address of the same shared-memory offset in block `rank`.
+// This block's rank in its cluster, and the cluster's size in blocks.
 __device__ __forceinline__ uint32_t cluster_rank() {
   uint32_t r;
   asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
@@ -240,6 +240,19 @@ __device__ __forceinline__ void quad_transpose(float2 (&v)[4], int j) {
   }
 }
 
+// One pair of adjacent output columns of epilogue E: accumulators + bias (+ GELU, or + residual), packed as T.
+template <typename T, Epilogue E>
+__device__ __forceinline__ uint32_t epilogue_pair(float v0, float v1, float2 bias, uint32_t residual) {
+  v0 += bias.x;
+  v1 += bias.y;
+  if (!apply_gelu(v0, v1, static_cast<int>(E)) && E == Epilogue::kBiasResidual) {
+    const float2 rr = Elem<T>::unpack2(residual);
+    v0 += rr.x;
+    v1 += rr.y;
+  }
+  return Elem<T>::pack2(v0, v1);
+}
+
 // Write the kN columns of record rows tr0 .. tr0 + rows - 1 (at most a quad) for this thread's two output rows.
 // wgmma's m64nN f32 fragment gives a thread, per 8-column group h and row half q (output row row_base + 8q), two
 // adjacent columns 8h + 2 * (lane % 4) + {0, 1}. For N >= 32 the four lanes of a quad first transpose their 4 x 4
@@ -294,16 +307,7 @@ __device__ __forceinline__ void store_quad(float (&acc)[Shape<G>::kTR][Shape<G>:
           const uint32_t rw[4] = {res[r][hb][q].x, res[r][hb][q].y, res[r][hb][q].z, res[r][hb][q].w};
           uint32_t out[4];
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float2 bb = Elem<T>::unpack2(bw[i]);
-            float v0 = v[i].x + bb.x, v1 = v[i].y + bb.y;
-            if (!apply_gelu(v0, v1, static_cast<int>(E)) && add_res) {
-              const float2 rr = Elem<T>::unpack2(rw[i]);
-              v0 += rr.x;
-              v1 += rr.y;
-            }
-            out[i] = Elem<T>::pack2(v0, v1);
-          }
+          for (int i = 0; i < 4; ++i) out[i] = epilogue_pair<T, E>(v[i].x, v[i].y, Elem<T>::unpack2(bw[i]), rw[i]);
           *reinterpret_cast<uint4*>(y + static_cast<size_t>(row) * n + col) =
               make_uint4(out[0], out[1], out[2], out[3]);
         }
@@ -338,13 +342,8 @@ __device__ __forceinline__ void store_quad(float (&acc)[Shape<G>::kTR][Shape<G>:
         for (int q = 0; q < 2; ++q) {
           const int row = row_base + q * 8;
           if (row >= m) continue;
-          float v0 = d[4 * h + 2 * q] + bb.x, v1 = d[4 * h + 2 * q + 1] + bb.y;
-          if (!apply_gelu(v0, v1, static_cast<int>(E)) && add_res) {
-            const float2 rr = Elem<T>::unpack2(res[r][h][q]);
-            v0 += rr.x;
-            v1 += rr.y;
-          }
-          *reinterpret_cast<uint32_t*>(y + static_cast<size_t>(row) * n + col) = Elem<T>::pack2(v0, v1);
+          *reinterpret_cast<uint32_t*>(y + static_cast<size_t>(row) * n + col) =
+              epilogue_pair<T, E>(d[4 * h + 2 * q], d[4 * h + 2 * q + 1], bb, res[r][h][q]);
         }
       }
     }
@@ -651,10 +650,10 @@ int64_t record_count(const PreparedLinear& p, int group) {
 
 int choose_group(const PreparedLinear& p) {
   int best = 1;
-  double best_cost = static_cast<double>(record_count(p, 1));
-  for (int group : {2, 4}) {
-    const double cost = static_cast<double>(record_count(p, group)) * kRecordCost[group == 2 ? 1 : 2];
-    if (cost < best_cost) best = group, best_cost = cost;
+  double best_cost = static_cast<double>(p.kept_tiles) * kRecordCost[0];  // G = 1: a record per kept tile
+  for (int i = 1; i < 3; ++i) {
+    const double cost = static_cast<double>(record_count(p, 1 << i)) * kRecordCost[i];
+    if (cost < best_cost) best = 1 << i, best_cost = cost;
   }
   return best;
 }

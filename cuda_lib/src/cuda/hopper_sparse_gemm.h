@@ -19,9 +19,9 @@ constexpr int kChunk = 768;  // columns of K held in shared memory at once (K is
 // the G rows' kept tiles (a tile a row does not keep is zeros). Weights pruned in [64, 16] tiles have no such zeros
 // at G = 4; random 16 x 16 tiles pay the union.
 constexpr int record_bytes(int group) { return 16 + 512 * group; }  // a 16-byte header, then the 16G x 16 operand
-// Cost of one record of G = 2 and G = 4 in units of a G = 1 record, for choosing G: an estimate (a wgmma's time grows
-// less than its width at these sizes) that chose the faster G in every case measured (NOTES.md, session 9 runs 58 and
-// 62: G = 4 for [64, 16] masks, G = 1 for random 16x16 ones).
+// Cost of one record of G = 1, 2 and 4 (index log2 G) in units of a G = 1 record, for choosing G: an estimate (a
+// wgmma's time grows less than its width at these sizes) that chose the faster G in every case measured (NOTES.md,
+// session 9 runs 58 and 62: G = 4 for [64, 16] masks, G = 1 for random 16x16 ones).
 constexpr double kRecordCost[3] = {1.0, 1.25, 1.6};
 
 // A tile-sparse weight in this kernel's layout. records: per record row (G tile rows), its records in ascending
