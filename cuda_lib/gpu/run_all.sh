@@ -110,17 +110,17 @@ EOF
   # which take the whole-sequence one. The default packed run (210 rows) takes the CUTLASS GEMMs and the split-K
   # LayerNorm; $all_cutlass forces them on the padded batch (600 rows) too, and racechecks it with CUTLASS's own
   # kernels excluded (TMA and mbarriers, like cuBLASLt's): the split-K LayerNorm and the rest are checked.
-  # $wgmma: every pruned layer through the opt-in wgmma tile-sparse kernel (mbarriers and bulk copies: memcheck
-  # only, racecheck does not model them), packed and padded, and with its records of 4 and 2 tile rows (n64 / n32
-  # MMAs over the union of the rows' tiles; a compacted QKV weight's last record row can be partial).
-  local wgmma="ET_HOPPER_SPARSE_MAX_DENSITY=1.0 ET_HOPPER_SPARSE_MIN_ROWS=0"
+  # $ALL_WGMMA_SPARSE: every pruned layer through the opt-in wgmma tile-sparse kernel (mbarriers, bulk copies and
+  # TMA: memcheck only, racecheck does not model them), packed and padded, and with its records of 4 and 2 tile rows
+  # (n64 / n32 MMAs over the union of the rows' tiles; a compacted QKV weight's last record row can be partial).
   local sparse=("$ALL_TILE_SPARSE" "$ALL_TILE_SPARSE ET_SPARSE_BM=64 --padded" "$ALL_TILE_SPARSE ET_SPARSE_BM=128 --padded"
                 "$ALL_TILE_SPARSE --short")
   local all_cutlass="ET_HOPPER_GEMM_MAX_ROWS=1000000000 --padded"
   for tool in memcheck racecheck; do
     local runs=("${sparse[@]}" "$all_cutlass --exclude-cutlass")
-    [ "$tool" = memcheck ] && runs=("" "--padded" "$all_cutlass" "${sparse[@]}" "$wgmma" "$wgmma --padded"
-                                     "$wgmma ET_HOPPER_SPARSE_GROUP=4" "$wgmma ET_HOPPER_SPARSE_GROUP=2 --padded")
+    [ "$tool" = memcheck ] && runs=("" "--padded" "$all_cutlass" "${sparse[@]}" "$ALL_WGMMA_SPARSE"
+                                     "$ALL_WGMMA_SPARSE --padded" "$ALL_WGMMA_SPARSE ET_HOPPER_SPARSE_GROUP=4"
+                                     "$ALL_WGMMA_SPARSE ET_HOPPER_SPARSE_GROUP=2 --padded")
     for run in "${runs[@]}"; do
       local envs=() pad="" batch="" exclude=()
       for word in $run; do
