@@ -2,16 +2,16 @@
 
 For random-weight BERT-base / BERT-large / MiniLM classifiers with random tile masks (16x16; 64x16 and 32x16
 for the wgmma kernel's wider records; 0-95% sparsity), random pruned heads and pruned head dimensions, on fresh
-random ragged batches (lengths 1..512, batches 1..128), compares the CUDA engine (fp16, and bf16 once) with a float64 PyTorch
-reference (HF ``transformers`` in float64 on the GPU) and, on the smaller cases, with libet's CPU
-backend: relative error ||out - ref|| / ||ref|| of the last hidden states and of the logits, packed
-(padding-free) and padded paths. The reference that decides pass/fail runs the weights the engine holds
+random ragged batches (lengths 1..512, batches 1..128), compares the CUDA engine (fp16, and bf16 in three MiniLM
+cases) with a float64 PyTorch reference (HF ``transformers`` in float64 on the GPU) and, on the smaller cases,
+with libet's CPU backend: relative error ||out - ref|| / ||ref|| of the last hidden states and of the logits,
+packed (padding-free) and padded paths. The reference that decides pass/fail runs the weights the engine holds
 (the model's weights rounded to fp16 / bf16, then computed in float64), so it measures the kernels'
 arithmetic; the error against the unrounded weights (which adds the rounding of the weights themselves,
-a property of the number format that PyTorch's fp16 model has too) is reported beside it. The engine's workspace is poisoned with NaNs before every forward
-(ET_POISON_WORKSPACE=1), so any element a kernel fails to write shows up. An out-of-memory case checks
-that ET_ERR_OUT_OF_MEMORY is returned and the model stays usable; four threads sharing one model get
-the sequential results. Prints a pass/fail table; exits 1 on any failure.
+a property of the number format that PyTorch's fp16 model has too) is reported beside it. The engine's workspace
+is poisoned with NaNs before every forward (ET_POISON_WORKSPACE=1), so any element a kernel fails to write shows
+up. An out-of-memory case checks that ET_ERR_OUT_OF_MEMORY is returned and the model stays usable; four threads
+sharing one model get the sequential results. Prints a pass/fail table; exits 1 on any failure.
 
     python cuda_lib/gpu/check.py --lib BUILD/libet.so --work /tmp/et-check [--json OUT.json]
 """
